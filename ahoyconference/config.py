@@ -1,0 +1,277 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The configuration file (TOML, read with the standard library's C{tomllib})
+turned into a frozen L{Config}, with one clear error per mistake.
+
+Every key, its type and its default live in L{SCHEMA}; C{conf/ahoyconference.toml}
+documents each one.  Unknown keys and wrong types are errors that name the
+key and the file (L{ConfigError}).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ahoyconference.interfaces import ConferenceSettings
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class IceSettings:
+    """
+    The C{[ice]} table (design.md 6).
+
+    @ivar host_addresses: addresses to gather host candidates on; empty means
+        aioice's default (every non-loopback interface).
+    @ivar servers: STUN/TURN servers as dicts with C{urls} and, for TURN,
+        C{username} and C{credential}.
+    @ivar public_address: advertised instead of a private host address (1:1 NAT).
+    """
+
+    host_addresses: tuple[str, ...] = ()
+    servers: tuple[dict, ...] = ()
+    public_address: str | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The C{[limits]} table: every bound the server enforces."""
+
+    max_conferences: int = 1000
+    max_members: int = 5000
+    max_members_per_conference: int = 500
+    max_message_bytes: int = 1048576
+    max_chat_bytes: int = 65536
+    max_description_bytes: int = 4096
+    max_name_bytes: int = 256
+    idle_timeout: float = 300.0
+    policy_timeout: float = 10.0
+    ice_timeout: float = 30.0
+    max_send_buffer_bytes: int = 4194304
+    max_connections_per_ip: int = 50
+    max_conferences_per_client: int = 10
+    join_rate: float = 5.0
+    chat_rate: float = 20.0
+    password_failures: int = 5
+    password_backoff: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, frozen."""
+
+    ports: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    ip_to_everyone: bool = False
+    limits: Limits = field(default_factory=Limits)
+    ice: IceSettings = field(default_factory=IceSettings)
+    policy_name: str = "password"
+    policy_options: dict = field(default_factory=dict)
+    rooms: tuple[ConferenceSettings, ...] = ()
+    metrics_enabled: bool = True
+    metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")
+    log_format: str = "text"
+    path: str | None = None
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (command-line overrides)."""
+        return replace(self, **changes)
+
+
+_INT = (int,)
+_NUM = (int, float)
+
+
+def _isType(value, types) -> bool:
+    if isinstance(value, bool) and bool not in types:
+        return False
+    return isinstance(value, types)
+
+
+_TYPE_NAMES = {
+    _INT: "an integer",
+    _NUM: "a number",
+    (bool,): "true or false",
+    (str,): "a string",
+    (list,): "a list",
+    (dict,): "a table",
+}
+
+# table -> key -> (types, minimum or None)
+SCHEMA: dict[str, dict[str, tuple]] = {
+    "server": {
+        "ports": ((list,), None),
+        "allowed_origins": ((list,), None),
+        "ip_to_everyone": ((bool,), None),
+        "log_format": ((str,), None),
+    },
+    "limits": {
+        name: ((_INT if isinstance(default, int) else _NUM), 0)
+        for name, default in vars(Limits()).items()
+    },
+    "ice": {
+        "host_addresses": ((list,), None),
+        "servers": ((list,), None),
+        "public_address": ((str,), None),
+    },
+    "metrics": {
+        "enabled": ((bool,), None),
+        "allow": ((list,), None),
+    },
+}
+
+ROOM_KEYS: dict[str, tuple] = {
+    "id": (str,),
+    "name": (str,),
+    "description": (str,),
+    "password": (str,),
+    "listener_password": (str,),
+    "moderator_password": (str,),
+    "max_member": _INT,
+    "max_video_bitrate": _INT,
+}
+
+
+def _fail(path: str | None, key: str, message: str):
+    where = path or "<config>"
+    raise ConfigError(f"{where}: {key}: {message}")
+
+
+def _checkTable(path, tableName, table, schema) -> dict:
+    if not isinstance(table, dict):
+        _fail(path, f"[{tableName}]", "must be a table")
+    out = {}
+    for key, value in table.items():
+        if key not in schema:
+            _fail(path, f"[{tableName}] {key}", f"unknown key (known: {', '.join(sorted(schema))})")
+        types, minimum = schema[key]
+        if not _isType(value, types):
+            _fail(path, f"[{tableName}] {key}", f"must be {_TYPE_NAMES[types]}, not {value!r}")
+        if minimum is not None and value < minimum:
+            _fail(path, f"[{tableName}] {key}", f"must be at least {minimum}, not {value!r}")
+        out[key] = value
+    return out
+
+
+def _strings(path, key, values) -> tuple[str, ...]:
+    for v in values:
+        if not isinstance(v, str):
+            _fail(path, key, f"every entry must be a string, not {v!r}")
+    return tuple(values)
+
+
+def _room(path, index, room) -> ConferenceSettings:
+    key = f"[[rooms]] #{index + 1}"
+    if not isinstance(room, dict):
+        _fail(path, key, "must be a table")
+    for name, value in room.items():
+        if name not in ROOM_KEYS:
+            _fail(path, f"{key} {name}", f"unknown key (known: {', '.join(sorted(ROOM_KEYS))})")
+        if not _isType(value, ROOM_KEYS[name]):
+            _fail(path, f"{key} {name}", f"must be {_TYPE_NAMES[ROOM_KEYS[name]]}, not {value!r}")
+    if not room.get("id"):
+        _fail(path, f"{key} id", "is required")
+    for name in ("max_member", "max_video_bitrate"):
+        if name in room and room[name] < 1:
+            _fail(path, f"{key} {name}", "must be at least 1")
+    return ConferenceSettings(
+        conferenceID=room["id"],
+        conferenceName=room.get("name", room["id"]),
+        description=room.get("description", ""),
+        password=room.get("password", ""),
+        listenerPassword=room.get("listener_password", ""),
+        moderatorPassword=room.get("moderator_password", ""),
+        maxMember=room.get("max_member"),
+        maxVideoBitrate=room.get("max_video_bitrate"),
+        permanent=True,
+    )
+
+
+def parseConfig(data: dict, path: str | None = None) -> Config:
+    """
+    Validate a parsed TOML document into a L{Config}.
+
+    @raise ConfigError: naming the file and the key at fault.
+    """
+    known = set(SCHEMA) | {"rooms", "policy"}
+    for tableName in data:
+        if tableName not in known:
+            _fail(path, f"[{tableName}]", f"unknown table (known: {', '.join(sorted(known))})")
+
+    server = _checkTable(path, "server", data.get("server", {}), SCHEMA["server"])
+    limitsTable = _checkTable(path, "limits", data.get("limits", {}), SCHEMA["limits"])
+    iceTable = _checkTable(path, "ice", data.get("ice", {}), SCHEMA["ice"])
+    metrics = _checkTable(path, "metrics", data.get("metrics", {}), SCHEMA["metrics"])
+
+    for name in ("max_message_bytes", "max_chat_bytes", "max_members", "max_conferences"):
+        if name in limitsTable and limitsTable[name] < 1:
+            _fail(path, f"[limits] {name}", "must be at least 1")
+
+    servers = iceTable.get("servers", [])
+    for entry in servers:
+        if not isinstance(entry, dict) or not isinstance(entry.get("urls"), (str, list)):
+            _fail(path, "[ice] servers", f"each entry must be a table with 'urls', not {entry!r}")
+        unknown = set(entry) - {"urls", "username", "credential"}
+        if unknown:
+            _fail(path, "[ice] servers", f"unknown key {sorted(unknown)[0]!r}")
+
+    logFormat = server.get("log_format", "text")
+    if logFormat not in ("text", "json"):
+        _fail(path, "[server] log_format", f"must be 'text' or 'json', not {logFormat!r}")
+
+    policy = data.get("policy", {})
+    if not isinstance(policy, dict):
+        _fail(path, "[policy]", "must be a table")
+    policy = dict(policy)
+    policyName = policy.pop("name", "password")
+    if not isinstance(policyName, str):
+        _fail(path, "[policy] name", f"must be a string, not {policyName!r}")
+
+    rooms = data.get("rooms", [])
+    if not isinstance(rooms, list):
+        _fail(path, "rooms", "must be an array of tables ([[rooms]])")
+    roomSettings = tuple(_room(path, i, r) for i, r in enumerate(rooms))
+    ids = [r.conferenceID for r in roomSettings]
+    for rid in ids:
+        if ids.count(rid) > 1:
+            _fail(path, "[[rooms]] id", f"{rid!r} is defined twice")
+
+    return Config(
+        ports=_strings(path, "[server] ports", server.get("ports", [])),
+        allowed_origins=_strings(path, "[server] allowed_origins", server.get("allowed_origins", [])),
+        ip_to_everyone=server.get("ip_to_everyone", False),
+        limits=Limits(**limitsTable),
+        ice=IceSettings(
+            host_addresses=_strings(path, "[ice] host_addresses", iceTable.get("host_addresses", [])),
+            servers=tuple(dict(s) for s in servers),
+            public_address=iceTable.get("public_address"),
+        ),
+        policy_name=policyName,
+        policy_options=policy,
+        rooms=roomSettings,
+        metrics_enabled=metrics.get("enabled", True),
+        metrics_allow=_strings(path, "[metrics] allow", metrics.get("allow", ["127.0.0.1", "::1"])),
+        log_format=logFormat,
+        path=path,
+    )
+
+
+def loadConfig(path: str) -> Config:
+    """
+    Read and validate a configuration file.
+
+    @raise ConfigError: the file cannot be read, is not TOML, or is wrong.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}")
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}")
+    return parseConfig(data, path)

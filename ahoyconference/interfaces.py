@@ -1,0 +1,262 @@
+# -*- test-case-name: tests.test_interfaces -*-
+"""
+The interfaces of AhoyConference and the small value types they use.
+
+Two extension points:
+
+ - L{IConferencePolicy}: who may create a conference, which role a join gets,
+   and whether a member may do a given request.  The default is
+   L{ahoyconference.policy.PasswordPolicy} (protocol.md 4.2); operators install
+   others as Twisted plugins (L{IPolicyPlugin}).
+ - L{IMediaEngine}: publishing, subscribing and forwarding media.  The default
+   is L{ahoyconference.media.engine.AiortcMediaEngine}.
+
+The media engine reports back through L{IMediaListener}, which the service
+implements.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from zope.interface import Attribute, Interface
+
+
+class ProtocolError(Exception):
+    """
+    A request is refused with an HTTP-like status (protocol.md 4.1).
+
+    Raised by validation, by the conference rules and by policies; turned into
+    the response in exactly one place, L{ahoyconference.session.Session}.
+    """
+
+    REASONS = {
+        400: "bad request",
+        403: "forbidden",
+        404: "not found",
+        409: "conflict",
+        470: "locked",
+        486: "conference full",
+        488: "not acceptable here",
+        500: "internal error",
+        501: "not implemented",
+        503: "service unavailable",
+    }
+
+    def __init__(self, status: int, reason: str | None = None, detail: str = ""):
+        self.status = status
+        self.reason = reason if reason is not None else self.REASONS.get(status, "error")
+        self.detail = detail
+        super().__init__(status, self.reason, detail)
+
+
+class Role(enum.IntEnum):
+    """The roles of protocol.md, ranked: a higher value may do more."""
+
+    LISTENER = 1
+    SPEAKER = 2
+    MODERATOR = 3
+
+    @property
+    def label(self) -> str:
+        """The lower-case name used in logs and configuration."""
+        return self.name.lower()
+
+
+class Action(str, enum.Enum):
+    """What a member may ask to do, as asked of L{IConferencePolicy.mayRequest}."""
+
+    SHARE = "share"
+    SUBSCRIBE = "subscribe"
+    KICK = "kick"
+    LOCK = "lock"
+    DESCRIBE = "describe"
+    CHAT = "chat"
+    MUTE_OTHER = "mute_other"
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """
+    What the server knows of a connected client, for policies and limits.
+
+    @ivar ip: the peer's IP address (never sent to non-moderators unless configured).
+    @ivar origin: the HTTP Origin of the WebSocket handshake, or C{None}.
+    @ivar headers: the handshake's HTTP headers, lower-cased names.
+    """
+
+    ip: str
+    origin: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConferenceSettings:
+    """
+    The parameters a conference is created with (protocol.md 1.1).
+
+    Passwords of C{""} mean "not set".
+    """
+
+    conferenceID: str
+    conferenceName: str
+    description: str = ""
+    password: str = ""
+    listenerPassword: str = ""
+    moderatorPassword: str = ""
+    maxMember: int | None = None
+    maxVideoBitrate: int | None = None
+    timeLimit: int | None = None
+    permanent: bool = False
+
+
+class IConferencePolicy(Interface):
+    """
+    Decides who may create a conference, which role a join gets, and who may
+    do what.  Every method may return its result directly or as a
+    L{twisted.internet.defer.Deferred} (a policy that asks a web service must
+    not block the loop).  To refuse, raise (or fail the Deferred with)
+    L{ProtocolError}; any other exception, or no answer within the
+    configured policy timeout, refuses the request with 503 and is logged.
+    """
+
+    name = Attribute("The policy's name, as given in the config or --policy.")
+
+    def mayCreate(client: ClientInfo, settings: ConferenceSettings):
+        """
+        May this client create this conference?
+
+        @return: C{None} (or a Deferred firing with C{None}) to allow, or
+            the L{ConferenceSettings} to create instead (e.g. with a limit
+            forced).  Raise L{ProtocolError} to refuse.
+        """
+
+    def roleFor(client: ClientInfo, settings: ConferenceSettings, name: str, password: str):
+        """
+        Which role does a join with this password get?
+
+        @param settings: the conference's settings (passwords included).
+        @param name: the display name the joiner gave.
+        @param password: the password given, C{""} when absent.
+        @return: a L{Role} (or a Deferred firing with one).  Raise
+            L{ProtocolError} (403) to refuse.
+        """
+
+    def mayRequest(client: ClientInfo, role: Role, action: Action, settings: ConferenceSettings):
+        """
+        May a member with this role do this?
+
+        @return: C{True}/C{False} (or a Deferred firing with one).  C{False}
+            answers 403.
+        """
+
+
+class IPolicyPlugin(Interface):
+    """
+    A Twisted plugin (in an C{ahoyconference.plugins} package) that makes a
+    policy from its C{[policy]} options.
+    """
+
+    name = Attribute("The name operators give in the config or with --policy.")
+    description = Attribute("One line for --help and the error listing known policies.")
+
+    def makePolicy(options: dict, reactor):
+        """
+        @param options: the C{[policy]} table of the config, minus C{name}.
+        @param reactor: an L{IReactorTime} provider.
+        @return: an L{IConferencePolicy} provider.
+        @raise ValueError: the options are wrong (the message names the key).
+        """
+
+
+class IMediaListener(Interface):
+    """
+    What the media engine tells the rest of the server.  Implemented by
+    L{ahoyconference.service.ConferenceService}; every method is called on
+    the reactor thread and must not raise.
+    """
+
+    def mediaAvailable(memberID: str, kind: str, available: bool):
+        """
+        Media of C{kind} ("audio" or "video") from this publisher started
+        arriving (C{available=True}), or stopped (sharing ended, the peer
+        connection failed or closed).
+        """
+
+    def speakingChanged(memberID: str, speaking: bool):
+        """The publisher's speaking state changed (smoothed, with hysteresis)."""
+
+
+class IMediaEngine(Interface):
+    """
+    Publishing, subscribing and forwarding.  Knows nothing of roles or
+    conferences: the session has checked everything before it calls.
+    Members are named by their C{memberID}.
+
+    Offers and answers are SDP strings.  Methods returning a Deferred fail
+    it with L{ProtocolError} to refuse (488 for an unusable SDP, 501 when the
+    engine does not do media at all, 503 at a limit).
+    """
+
+    def publish(memberID: str, audio: bool, video: bool, maxVideoBitrate: int):
+        """
+        Start (or renegotiate) receiving this member's media.
+
+        @param maxVideoBitrate: the effective cap in kbit/s (protocol.md 4.5).
+        @return: a Deferred firing with the server's SDP offer for the
+            C{MEDIA_RECEIVE_request}.  Earlier subscriptions to this member
+            survive the renegotiation.
+        """
+
+    def acceptPublishAnswer(memberID: str, sdp: str):
+        """
+        The client's answer to the latest publish offer.
+
+        @return: a Deferred firing when it is applied; failing with
+            L{ProtocolError}(488) for an unusable SDP, changing nothing.
+        """
+
+    def unpublish(memberID: str):
+        """
+        Stop receiving this member's media (sharing stopped).  Subscriptions
+        to it stay, idle, until the member shares again or they end.
+        """
+
+    def subscribe(subscriberID: str, publisherID: str, audio: bool, video: bool):
+        """
+        Start (or replace) forwarding this publisher's media to this subscriber.
+
+        @return: a Deferred firing with the SDP offer for the C{SDP_request}.
+        """
+
+    def acceptSubscribeAnswer(subscriberID: str, publisherID: str, sdp: str):
+        """
+        The subscriber's answer to the latest subscribe offer for this
+        publisher.  Fails with L{ProtocolError}(488) for an unusable SDP.
+        """
+
+    def unsubscribe(subscriberID: str, publisherID: str):
+        """End one subscription (nothing happens if there is none)."""
+
+    def setForwarding(publisherID: str, kind: str, enabled: bool):
+        """Stop (or resume) forwarding this publisher's C{kind} to everyone."""
+
+    def isPublishing(publisherID: str, kind: str) -> bool:
+        """Is this member sharing C{kind} (offered, even if no packet arrived yet)?"""
+
+    def removeMember(memberID: str):
+        """
+        The member left: close its publishing peer connection, every
+        subscription it has and every subscription to it.
+        """
+
+    def stats() -> dict:
+        """
+        Counters for /metrics: C{publishers}, C{subscriptions},
+        C{forwarded_packets}, C{forwarded_bytes}, C{dropped_packets},
+        and C{peer_connections} (a dict of state name to count).
+        """
+
+    def close():
+        """Close everything.  @return: a Deferred that fires when done."""
