@@ -64,7 +64,7 @@ class Role(enum.IntEnum):
         return self.name.lower()
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     """What a member may ask to do, as asked of L{IConferencePolicy.mayRequest}."""
 
     SHARE = "share"

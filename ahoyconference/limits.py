@@ -1,0 +1,77 @@
+# -*- test-case-name: tests.test_limits -*-
+"""
+Abuse limits with an injected clock: a token-bucket L{RateLimiter} (joins and
+chat per connection) and L{FailureBackoff} (wrong passwords per conference
+and client address).
+"""
+
+from __future__ import annotations
+
+from ahoyconference.interfaces import ProtocolError
+
+
+class RateLimiter:
+    """
+    A token bucket: C{rate} events per second on average, bursts of C{burst}.
+    A rate of 0 means no limit.
+    """
+
+    def __init__(self, clock, rate: float, burst: float | None = None):
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst if burst is not None else max(1.0, rate * 2)
+        self._tokens = self.burst
+        self._last = clock.seconds()
+
+    def allow(self) -> bool:
+        """Take one token; C{False} when none is left."""
+        if not self.rate:
+            return True
+        now = self.clock.seconds()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def check(self) -> None:
+        """@raise ProtocolError: 503 ("rate limited") when over the rate."""
+        if not self.allow():
+            raise ProtocolError(503, "service unavailable", detail="rate limited")
+
+
+class FailureBackoff:
+    """
+    After C{failures} wrong passwords for the same key within C{window}
+    seconds, refuse further attempts with 403 until C{window} seconds after
+    the last failure.  A limit of 0 disables it.
+    """
+
+    def __init__(self, clock, failures: int, window: float):
+        self.clock = clock
+        self.failures = failures
+        self.window = window
+        self._seen: dict[object, list[float]] = {}
+
+    def _recent(self, key) -> list[float]:
+        now = self.clock.seconds()
+        times = [t for t in self._seen.get(key, ()) if now - t < self.window]
+        if times:
+            self._seen[key] = times
+        else:
+            self._seen.pop(key, None)
+        return times
+
+    def check(self, key) -> None:
+        """@raise ProtocolError: 403 while the key is backing off."""
+        if self.failures and len(self._recent(key)) >= self.failures:
+            raise ProtocolError(403, detail="too many wrong passwords; wait")
+
+    def failed(self, key) -> None:
+        """Record one wrong password."""
+        if self.failures:
+            self._recent(key)
+            self._seen.setdefault(key, []).append(self.clock.seconds())
+            if len(self._seen) > 100_000:  # bound the memory an attacker can make us use
+                self._seen.pop(next(iter(self._seen)))

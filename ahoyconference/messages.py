@@ -1,0 +1,225 @@
+# -*- test-case-name: tests.test_messages -*-
+"""
+The envelope and the parameters of every request (protocol.md 0, 1 and 4.1).
+
+L{parseEnvelope} turns a WebSocket frame into an L{Envelope} or raises
+L{EnvelopeError}, which carries the response to send.  L{parseParams} checks a
+request's parameters against L{REQUESTS} and returns them with defaults
+filled in, or raises L{ProtocolError}(400).  Nothing here knows about
+conferences: this module owns the shapes, not the rules.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ahoyconference.config import Limits
+from ahoyconference.interfaces import ProtocolError
+
+MAX_ID_LENGTH = 128
+MAX_PASSWORD_LENGTH = 1024
+MAX_BITRATE_KBPS = 100_000
+MAX_TIME_LIMIT = 31 * 24 * 3600
+MAX_MEMBER_LIMIT = 100_000
+MAX_MEDIA_ENTRIES = 1000
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A parsed message: its type, its transaction and the whole object."""
+
+    messageType: str
+    transactionID: str
+    body: dict
+
+
+class EnvelopeError(Exception):
+    """
+    A frame that cannot be handled as a request; the attributes are the
+    response to send.
+    """
+
+    def __init__(self, responseType: str, transactionID: str, status: int):
+        self.responseType = responseType
+        self.transactionID = transactionID
+        self.error = ProtocolError(status)
+        super().__init__(responseType, transactionID, status)
+
+
+def responseTypeFor(messageType: str) -> str:
+    """C{X_request} → C{X_response}."""
+    return messageType[: -len("_request")] + "_response"
+
+
+def parseEnvelope(payload: bytes, isBinary: bool) -> Envelope:
+    """
+    Decode one frame.
+
+    @raise EnvelopeError: not text, not JSON, not an object, or the
+        C{messageType}/C{transactionID} missing or not strings.
+    """
+    if isBinary:
+        raise EnvelopeError("ERROR_response", "", 400)
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise EnvelopeError("ERROR_response", "", 400)
+    if not isinstance(obj, dict):
+        raise EnvelopeError("ERROR_response", "", 400)
+    tid = obj.get("transactionID")
+    tidOK = isinstance(tid, str) and len(tid) <= MAX_ID_LENGTH * 2
+    tidText = tid if tidOK else ""
+    mtype = obj.get("messageType")
+    if not isinstance(mtype, str) or not mtype or len(mtype) > 100:
+        raise EnvelopeError("ERROR_response", tidText, 400)
+    if mtype.endswith("_request") and not tidOK:
+        raise EnvelopeError(responseTypeFor(mtype), "", 400)
+    if not tidOK:
+        raise EnvelopeError("ERROR_response", "", 400)
+    return Envelope(mtype, tid, obj)
+
+
+class _Field:
+    """One parameter: a type check, a range and whether it is required."""
+
+    def __init__(self, kind: str, required: bool = False, default: Any = None,
+                 low: int | None = None, high: int | None = None, maxBytes: str | int | None = None):
+        self.kind = kind
+        self.required = required
+        self.default = default
+        self.low = low
+        self.high = high
+        self.maxBytes = maxBytes
+
+    def check(self, name: str, value: Any, limits: Limits) -> Any:
+        if self.kind == "str":
+            if not isinstance(value, str):
+                raise ProtocolError(400, detail=f"{name} must be a string")
+            limit = self.maxBytes
+            if isinstance(limit, str):
+                limit = getattr(limits, limit)
+            if limit is not None and len(value) * 4 > limit and len(value.encode("utf-8")) > limit:
+                raise ProtocolError(400, detail=f"{name} is too long")
+            if self.low is not None and len(value) < self.low:
+                raise ProtocolError(400, detail=f"{name} is empty")
+            return value
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ProtocolError(400, detail=f"{name} must be true or false")
+            return value
+        if self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ProtocolError(400, detail=f"{name} must be an integer")
+            if (self.low is not None and value < self.low) or (
+                self.high is not None and value > self.high
+            ):
+                raise ProtocolError(400, detail=f"{name} is out of range")
+            return value
+        raise AssertionError(self.kind)  # pragma: no cover
+
+
+_ID = _Field("str", low=1, maxBytes=MAX_ID_LENGTH)
+_PASSWORD = _Field("str", default="", maxBytes=MAX_PASSWORD_LENGTH)
+_FLAG = _Field("bool", default=False)
+
+REQUESTS: dict[str, dict[str, _Field]] = {
+    "CONFERENCE_CREATE_request": {
+        "conferenceID": _ID,
+        "conferenceName": _Field("str", maxBytes="max_name_bytes"),
+        "description": _Field("str", default="", maxBytes="max_description_bytes"),
+        "password": _PASSWORD,
+        "listenerPassword": _PASSWORD,
+        "moderatorPassword": _PASSWORD,
+        "maxMember": _Field("int", low=1, high=MAX_MEMBER_LIMIT),
+        "maxVideoBitrate": _Field("int", low=1, high=MAX_BITRATE_KBPS),
+        "timeLimit": _Field("int", low=1, high=MAX_TIME_LIMIT),
+    },
+    "CONFERENCE_JOIN_request": {
+        "conferenceID": _Field("str", required=True, low=1, maxBytes=MAX_ID_LENGTH),
+        "name": _Field("str", default="", maxBytes="max_name_bytes"),
+        "password": _PASSWORD,
+    },
+    "MEDIA_SHARE_request": {
+        "audio": _FLAG,
+        "video": _FLAG,
+        "maxVideoBitrate": _Field("int", default=500, low=1, high=MAX_BITRATE_KBPS),
+    },
+    "MEDIA_request": {},  # members: checked by _mediaMembers
+    "CONFERENCE_LEAVE_request": {},
+    "CONFERENCE_KICK_request": {
+        "memberID": _Field("str", required=True, low=1, maxBytes=MAX_ID_LENGTH),
+    },
+    "CHAT_MESSAGE_request": {},  # message: checked by _chatMessage
+    "CONFERENCE_DESCRIPTION_request": {
+        "description": _Field("str", required=True, maxBytes="max_description_bytes"),
+    },
+    "CONFERENCE_LOCK_request": {
+        "locked": _Field("bool", required=True),
+    },
+    "MEDIA_MUTE_request": {
+        "audio": _Field("bool"),
+        "video": _Field("bool"),
+        "memberID": _Field("str", low=1, maxBytes=MAX_ID_LENGTH),
+    },
+}
+
+#: Requests that need the client to be in a conference (else 409).
+NEEDS_MEMBERSHIP = frozenset(REQUESTS) - {"CONFERENCE_CREATE_request", "CONFERENCE_JOIN_request"}
+
+
+def _mediaMembers(body: dict, limits: Limits) -> list[dict]:
+    members = body.get("members")
+    if not isinstance(members, list) or len(members) > MAX_MEDIA_ENTRIES:
+        raise ProtocolError(400, detail="members must be a list")
+    out = []
+    for entry in members:
+        if not isinstance(entry, dict):
+            raise ProtocolError(400, detail="members entries must be objects")
+        out.append({
+            "memberID": _ID.check("memberID", entry.get("memberID"), limits),
+            "audio": _FLAG.check("audio", entry.get("audio", False), limits),
+            "video": _FLAG.check("video", entry.get("video", False), limits),
+        })
+    return out
+
+
+def _chatMessage(body: dict, limits: Limits) -> dict:
+    message = body.get("message")
+    if not isinstance(message, dict):
+        raise ProtocolError(400, detail="message must be an object")
+    text = _Field("str", maxBytes="max_chat_bytes").check("text", message.get("text"), limits)
+    return {"text": text}
+
+
+def parseParams(envelope: Envelope, limits: Limits) -> dict:
+    """
+    Check a request's parameters.
+
+    @return: a dict of every known parameter (absent optional ones at their
+        default, which may be C{None}); unknown keys are ignored.
+    @raise ProtocolError: 501 for an unknown request, 400 for a bad parameter.
+    """
+    fields = REQUESTS.get(envelope.messageType)
+    if fields is None:
+        raise ProtocolError(501)
+    body = envelope.body
+    params: dict[str, Any] = {}
+    for name, spec in fields.items():
+        if name not in body or (body[name] is None and not spec.required):
+            if spec.required:
+                raise ProtocolError(400, detail=f"{name} is missing")
+            params[name] = spec.default
+        else:
+            params[name] = spec.check(name, body[name], limits)
+    if envelope.messageType == "MEDIA_request":
+        params["members"] = _mediaMembers(body, limits)
+    elif envelope.messageType == "CHAT_MESSAGE_request":
+        params["message"] = _chatMessage(body, limits)
+    return params
+
+
+def encode(message: dict) -> bytes:
+    """One message as the UTF-8 JSON text of a frame."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

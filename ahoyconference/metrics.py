@@ -1,0 +1,95 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+C{GET /metrics} in the Prometheus text format.
+
+The numbers are read from the service and the media engine when scraped
+(L{ServiceCollector}), so nothing is counted twice and the packet path pays
+nothing; C{prometheus_client} does the exposition format.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from twisted.web.resource import Resource
+
+from ahoyconference.interfaces import Role
+
+
+class ServiceCollector:
+    """A custom collector over one L{ConferenceService}."""
+
+    def __init__(self, service):
+        self.service = service
+
+    def collect(self):
+        """Yield every metric family, read now."""
+        service = self.service
+        yield GaugeMetricFamily("ahoy_conferences", "Conferences that exist now.",
+                                value=len(service.conferences))
+        members = GaugeMetricFamily("ahoy_members", "Members joined now, by role.",
+                                    labels=["role"])
+        byRole = {role.label: 0 for role in Role}
+        for m in service.members.values():
+            byRole[m.role.label] += 1
+        for role, count in byRole.items():
+            members.add_metric([role], count)
+        yield members
+        yield GaugeMetricFamily("ahoy_connections", "Open WebSocket connections.",
+                                value=len(service.sessions))
+        stats = service.engine.stats()
+        yield GaugeMetricFamily("ahoy_publishers", "Members publishing media.",
+                                value=stats["publishers"])
+        yield GaugeMetricFamily("ahoy_subscriptions", "Subscriptions to a member's media.",
+                                value=stats["subscriptions"])
+        pcs = GaugeMetricFamily("ahoy_peer_connections", "Peer connections by state.",
+                                labels=["state"])
+        for state, count in sorted(stats["peer_connections"].items()):
+            pcs.add_metric([state], count)
+        yield pcs
+        yield CounterMetricFamily("ahoy_forwarded_packets", "RTP packets forwarded.",
+                                  value=stats["forwarded_packets"])
+        yield CounterMetricFamily("ahoy_forwarded_bytes", "RTP bytes forwarded.",
+                                  value=stats["forwarded_bytes"])
+        yield CounterMetricFamily("ahoy_dropped_packets", "Incoming RTP/RTCP packets dropped.",
+                                  value=stats.get("dropped_packets", 0))
+        joins = CounterMetricFamily("ahoy_joins", "Successful joins, by role.", labels=["role"])
+        for role in Role:
+            joins.add_metric([role.label], service.counters["joins"][role.label])
+        yield joins
+        refused = CounterMetricFamily("ahoy_refused_joins", "Refused joins, by status.",
+                                      labels=["status"])
+        for status, count in sorted(service.counters["refused"].items()):
+            refused.add_metric([str(status)], count)
+        yield refused
+        errors = CounterMetricFamily("ahoy_errors", "Error responses, by status.",
+                                     labels=["status"])
+        for status, count in sorted(service.counters["errors"].items()):
+            errors.add_metric([str(status)], count)
+        yield errors
+
+
+class MetricsResource(Resource):
+    """
+    Serves the metrics to addresses in C{service.config.metrics_allow}
+    (403 for others; an empty list allows everyone).
+    """
+
+    isLeaf = True
+
+    def __init__(self, service):
+        super().__init__()
+        self.service = service
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ServiceCollector(service))
+
+    def render_GET(self, request):
+        """The metrics, or 403."""
+        allow = self.service.config.metrics_allow
+        host = getattr(request.getClientAddress(), "host", None)
+        if allow and host not in allow:
+            request.setResponseCode(403)
+            return b"forbidden\n"
+        request.setHeader(b"Content-Type", CONTENT_TYPE_PLAIN_0_0_4.encode())
+        return generate_latest(self.registry)

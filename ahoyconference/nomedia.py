@@ -1,0 +1,58 @@
+# -*- test-case-name: tests.test_nomedia -*-
+"""
+L{NoMediaEngine}: an L{IMediaEngine} for a signalling-only server
+(C{[media] enabled = false}): sharing and subscribing answer 501.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from ahoyconference.interfaces import IMediaEngine, ProtocolError
+
+
+@implementer(IMediaEngine)
+class NoMediaEngine:
+    """Refuses every media request with 501 (not implemented)."""
+
+    def publish(self, memberID, audio, video, maxVideoBitrate):
+        """@return: a Deferred failing with 501."""
+        return defer.fail(ProtocolError(501))
+
+    def acceptPublishAnswer(self, memberID, sdp):
+        """@return: a Deferred failing with 501."""
+        return defer.fail(ProtocolError(501))
+
+    def unpublish(self, memberID):
+        """Nothing is published."""
+
+    def subscribe(self, subscriberID, publisherID, audio, video):
+        """@return: a Deferred failing with 501."""
+        return defer.fail(ProtocolError(501))
+
+    def acceptSubscribeAnswer(self, subscriberID, publisherID, sdp):
+        """@return: a Deferred failing with 501."""
+        return defer.fail(ProtocolError(501))
+
+    def unsubscribe(self, subscriberID, publisherID):
+        """Nothing is subscribed."""
+
+    def setForwarding(self, publisherID, kind, enabled):
+        """Nothing is forwarded."""
+
+    def isPublishing(self, publisherID, kind):
+        """Nobody publishes."""
+        return False
+
+    def removeMember(self, memberID):
+        """Nothing to free."""
+
+    def stats(self):
+        """All zero."""
+        return {"publishers": 0, "subscriptions": 0, "forwarded_packets": 0,
+                "forwarded_bytes": 0, "dropped_packets": 0, "peer_connections": {}}
+
+    def close(self):
+        """@return: a fired Deferred."""
+        return defer.succeed(None)

@@ -1,0 +1,144 @@
+# -*- test-case-name: tests.test_policy -*-
+"""
+Who may join as what: the default L{PasswordPolicy} (protocol.md 4.2) and the
+loading of named policy plugins (L{IPolicyPlugin}) with
+C{twisted.plugin.getPlugins} from the C{ahoyconference.plugins} package.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from zope.interface import implementer
+
+from ahoyconference.interfaces import (
+    Action,
+    ClientInfo,
+    ConferenceSettings,
+    IConferencePolicy,
+    IPolicyPlugin,
+    ProtocolError,
+    Role,
+)
+
+#: What each role may do by default; anything not named needs a moderator.
+MINIMUM_ROLE = {
+    Action.CHAT: Role.LISTENER,
+    Action.SUBSCRIBE: Role.LISTENER,
+    Action.SHARE: Role.SPEAKER,
+    Action.KICK: Role.MODERATOR,
+    Action.LOCK: Role.MODERATOR,
+    Action.DESCRIBE: Role.MODERATOR,
+    Action.MUTE_OTHER: Role.MODERATOR,
+}
+
+
+def _same(given: bytes, expected: str) -> bool:
+    return hmac.compare_digest(given, expected.encode("utf-8"))
+
+
+def passwordRole(settings: ConferenceSettings, password: str) -> Role | None:
+    """
+    The role protocol.md 4.2 gives this password, or C{None} (403).
+
+    Every set password is compared, in constant time, whatever matches first.
+    A role without a password is open (matches C{""}) only if no role below it
+    has one; the moderator role only if the conference has no password at all.
+    """
+    given = password.encode("utf-8")
+    byRole = [
+        (Role.MODERATOR, settings.moderatorPassword),
+        (Role.SPEAKER, settings.password),
+        (Role.LISTENER, settings.listenerPassword),
+    ]
+    matched = [role for role, secret in byRole if secret and _same(given, secret)]
+    if matched:
+        return max(matched)
+    if password:
+        return None
+    # No password given: the highest open role.
+    anyPassword = any(secret for _, secret in byRole)
+    if not anyPassword:
+        return Role.MODERATOR
+    for index, (role, secret) in enumerate(byRole):
+        below = byRole[index + 1:]
+        if role is Role.MODERATOR:
+            continue
+        if not secret and not any(s for _, s in below):
+            return role
+    return None
+
+
+@implementer(IConferencePolicy)
+class PasswordPolicy:
+    """
+    The default policy: anyone may create a conference, roles come from the
+    passwords (L{passwordRole}), and L{MINIMUM_ROLE} says who may do what.
+    """
+
+    name = "password"
+
+    def mayCreate(self, client: ClientInfo, settings: ConferenceSettings):
+        """Anyone may create a conference, as asked."""
+        return None
+
+    def roleFor(self, client: ClientInfo, settings: ConferenceSettings, name: str, password: str):
+        """The role of L{passwordRole}; 403 when the password matches none."""
+        role = passwordRole(settings, password)
+        if role is None:
+            raise ProtocolError(403)
+        return role
+
+    def mayRequest(self, client: ClientInfo, role: Role, action: Action, settings):
+        """Allowed when the role is at least L{MINIMUM_ROLE} for the action."""
+        return role >= MINIMUM_ROLE.get(action, Role.MODERATOR)
+
+
+@implementer(IPolicyPlugin)
+class _PasswordPolicyPlugin:
+    name = "password"
+    description = "Roles from the conference passwords (protocol.md 4.2)."
+
+    def makePolicy(self, options: dict, reactor):
+        if options:
+            raise ValueError(f"[policy] {sorted(options)[0]}: the password policy takes no options")
+        return PasswordPolicy()
+
+
+passwordPolicyPlugin = _PasswordPolicyPlugin()
+
+
+class UnknownPolicy(Exception):
+    """No policy plugin has that name; the message lists the known ones."""
+
+
+def availablePolicies() -> dict[str, object]:
+    """
+    Every L{IPolicyPlugin} found with C{getPlugins} in C{ahoyconference.plugins}
+    (which extends its path over every C{ahoyconference/plugins} directory on
+    C{sys.path}), plus the built-in password policy.
+    """
+    from twisted.plugin import getPlugins
+
+    from ahoyconference import plugins
+
+    found: dict[str, object] = {"password": passwordPolicyPlugin}
+    for plugin in getPlugins(IPolicyPlugin, plugins):
+        found.setdefault(plugin.name, plugin)
+    return found
+
+
+def loadPolicy(name: str, options: dict, reactor) -> IConferencePolicy:
+    """
+    Make the named policy.
+
+    @raise UnknownPolicy: no plugin has that name.
+    @raise ValueError: the plugin refused its options.
+    """
+    known = availablePolicies()
+    plugin = known.get(name)
+    if plugin is None:
+        raise UnknownPolicy(
+            f"unknown policy {name!r}; known policies: {', '.join(sorted(known))}"
+        )
+    return IConferencePolicy(plugin.makePolicy(dict(options), reactor))

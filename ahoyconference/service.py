@@ -1,0 +1,333 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+L{ConferenceService}: the registry of conferences, permanent rooms from the
+config, idle reaping, server-wide limits, the policy and the media engine.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ahoyconference.conference import Conference, Member
+from ahoyconference.config import Config
+from ahoyconference.interfaces import (
+    Action,
+    ClientInfo,
+    ConferenceSettings,
+    IConferencePolicy,
+    IMediaEngine,
+    IMediaListener,
+    ProtocolError,
+    Role,
+)
+from ahoyconference.limits import FailureBackoff
+
+_log = Logger()
+
+
+@implementer(IMediaListener)
+class ConferenceService(MultiService):
+    """
+    Everything the sessions share.
+
+    @ivar conferences: conferenceID → L{Conference}.
+    @ivar members: memberID → L{Member}, across conferences.
+    @ivar counters: name → L{Counter} for /metrics (C{refused} by status,
+        C{errors} by status, C{joins}, C{created}).
+    """
+
+    def __init__(self, config: Config, clock, policy: IConferencePolicy, engine: IMediaEngine):
+        super().__init__()
+        self.config = config
+        self.clock = clock
+        self.policy = policy
+        self.engine = engine
+        self.conferences: dict[str, Conference] = {}
+        self.members: dict[str, Member] = {}
+        self.sessions: set = set()
+        self.counters: dict[str, Counter] = {
+            "refused": Counter(), "errors": Counter(), "joins": Counter(), "created": Counter(),
+        }
+        self._idle: dict[str, object] = {}
+        self._creators: dict[str, str] = {}
+        self._passwordFailures = FailureBackoff(
+            clock, config.limits.password_failures, config.limits.password_backoff)
+        for settings in config.rooms:
+            self._addConference(settings)
+
+    # -- lifecycle -----------------------------------------------------
+
+    def stopService(self):
+        """Close every client connection, every conference and the media engine."""
+        for session in list(self.sessions):
+            session.shutdown()
+        for conference in list(self.conferences.values()):
+            self._removeConference(conference, "server stopping")
+        d = defer.maybeDeferred(super().stopService)
+        d.addCallback(lambda _: self.engine.close())
+        return d
+
+    def reload(self, config: Config) -> None:
+        """
+        Take a re-read configuration: limits, permanent rooms, Origins and
+        privacy apply at once; ports, ICE and the policy need a restart.
+        Permanent rooms that disappeared become ordinary rooms (they go when
+        idle); new ones are created; existing ones keep their members.
+        """
+        old = {r.conferenceID for r in self.config.rooms}
+        self.config = config
+        new = {r.conferenceID: r for r in config.rooms}
+        for cid in old - set(new):
+            conf = self.conferences.get(cid)
+            if conf is not None:
+                conf.settings = _replaceSettings(conf.settings, permanent=False)
+                self._touchIdle(conf)
+        for cid, settings in new.items():
+            conf = self.conferences.get(cid)
+            if conf is None:
+                self._addConference(settings)
+            else:
+                conf.settings = settings
+                conf.maxMembers = min(settings.maxMember or config.limits.max_members_per_conference,
+                                      config.limits.max_members_per_conference)
+                self._cancelIdle(cid)
+        _log.info("configuration reloaded: {rooms} permanent room(s)", rooms=len(new))
+
+    # -- policy --------------------------------------------------------
+
+    def askPolicy(self, method: str, *args) -> defer.Deferred:
+        """
+        Call a policy method with a timeout; a result or a L{ProtocolError}
+        passes through, anything else becomes 503 and is logged.
+        """
+        d = defer.maybeDeferred(getattr(self.policy, method), *args)
+        d.addTimeout(self.config.limits.policy_timeout, self.clock)
+
+        def failed(f):
+            if f.check(ProtocolError):
+                return f
+            if f.check(defer.TimeoutError, defer.CancelledError):
+                _log.warn("policy {policy} did not answer {method} in time",
+                          policy=self.policy.name, method=method)
+            else:
+                _log.failure("policy {policy} failed in {method}", f,
+                             policy=self.policy.name, method=method)
+            raise ProtocolError(503)
+
+        return d.addErrback(failed)
+
+    def allowed(self, member: Member, action: Action) -> defer.Deferred:
+        """Fires if the member may do this; fails with 403 if not."""
+        d = self.askPolicy("mayRequest", member.client, member.role, action,
+                           member.conference.settings)
+
+        def check(ok):
+            if not ok:
+                raise ProtocolError(403)
+
+        return d.addCallback(check)
+
+    # -- conferences ---------------------------------------------------
+
+    def _addConference(self, settings: ConferenceSettings) -> Conference:
+        conf = Conference(settings, self.clock, self.config.limits.max_members_per_conference,
+                          ipToEveryone=self.config.ip_to_everyone, onTimeUp=self._timeUp)
+        self.conferences[settings.conferenceID] = conf
+        self.counters["created"]["total"] += 1
+        _log.info("conference {conference_id} created{permanent}",
+                  conference_id=settings.conferenceID,
+                  permanent=" (permanent)" if settings.permanent else "")
+        self._touchIdle(conf)
+        return conf
+
+    def createConference(self, client: ClientInfo, params: dict) -> defer.Deferred:
+        """
+        Create a conference from C{CONFERENCE_CREATE_request} parameters.
+
+        @return: a Deferred firing with the L{Conference}; failing with 409
+            (the ID exists), 503 (a server-wide limit) or the policy's refusal.
+        """
+        cid = params["conferenceID"] or secrets.token_hex(16)
+        settings = ConferenceSettings(
+            conferenceID=cid,
+            conferenceName=params["conferenceName"] or cid,
+            description=params["description"],
+            password=params["password"],
+            listenerPassword=params["listenerPassword"],
+            moderatorPassword=params["moderatorPassword"],
+            maxMember=params["maxMember"],
+            maxVideoBitrate=params["maxVideoBitrate"],
+            timeLimit=params["timeLimit"],
+        )
+        self._checkCreate(client, cid)
+        d = self.askPolicy("mayCreate", client, settings)
+
+        def create(result):
+            final = result if isinstance(result, ConferenceSettings) else settings
+            self._checkCreate(client, final.conferenceID)
+            self._creators[final.conferenceID] = client.ip
+            return self._addConference(final)
+
+        return d.addCallback(create)
+
+    def _checkCreate(self, client: ClientInfo, cid: str) -> None:
+        if cid in self.conferences:
+            raise ProtocolError(409)
+        if len(self.conferences) >= self.config.limits.max_conferences:
+            raise ProtocolError(503, detail="too many conferences")
+        perClient = self.config.limits.max_conferences_per_client
+        mine = sum(1 for ip in self._creators.values() if ip == client.ip)
+        if perClient and mine >= perClient:
+            raise ProtocolError(503, detail="too many conferences from this client")
+
+    def conference(self, cid: str) -> Conference:
+        """@raise ProtocolError: 404 for an unknown conference."""
+        conf = self.conferences.get(cid)
+        if conf is None:
+            raise ProtocolError(404)
+        return conf
+
+    def _touchIdle(self, conf: Conference) -> None:
+        """Start the idle timer of an empty, non-permanent conference."""
+        if conf.members or conf.settings.permanent or conf.conferenceID in self._idle:
+            return
+        self._idle[conf.conferenceID] = self.clock.callLater(
+            self.config.limits.idle_timeout, self._idleTimeout, conf)
+
+    def _cancelIdle(self, cid: str) -> None:
+        call = self._idle.pop(cid, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _idleTimeout(self, conf: Conference) -> None:
+        self._idle.pop(conf.conferenceID, None)
+        if not conf.members and self.conferences.get(conf.conferenceID) is conf:
+            self._removeConference(conf, "idle")
+
+    def _removeConference(self, conf: Conference, why: str) -> None:
+        for member in list(conf.members.values()):
+            self.kickMember(member, timeout=why == "time limit")
+        self._cancelIdle(conf.conferenceID)
+        conf.close()
+        if self.conferences.get(conf.conferenceID) is conf:
+            del self.conferences[conf.conferenceID]
+            self._creators.pop(conf.conferenceID, None)
+            _log.info("conference {conference_id} removed ({why})",
+                      conference_id=conf.conferenceID, why=why)
+
+    def _timeUp(self, conf: Conference) -> None:
+        _log.info("conference {conference_id} reached its time limit; kicking {count} member(s)",
+                  conference_id=conf.conferenceID, count=len(conf.members))
+        if conf.settings.permanent:
+            for member in list(conf.members.values()):
+                self.kickMember(member, timeout=True)
+        else:
+            self._removeConference(conf, "time limit")
+
+    # -- members -------------------------------------------------------
+
+    def join(self, sink, client: ClientInfo, params: dict) -> defer.Deferred:
+        """
+        Join a conference.
+
+        @return: a Deferred firing with C{(member, responseFields)}, or failing
+            with 404, 403, 470, 486 or 503.
+        """
+        cid = params["conferenceID"]
+        conf = self.conference(cid)
+        self._passwordFailures.check((cid, client.ip))
+        d = self.askPolicy("roleFor", client, conf.settings, params["name"], params["password"])
+
+        def badPassword(f):
+            f.trap(ProtocolError)
+            if f.value.status == 403:
+                self._passwordFailures.failed((cid, client.ip))
+            return f
+
+        def admit(role: Role):
+            role = Role(role)
+            current = self.conference(cid)
+            current.checkJoin()
+            if len(self.members) >= self.config.limits.max_members:
+                raise ProtocolError(503, detail="too many members")
+            member = Member(params["name"], role, client, sink)
+            fields = current.add(member)
+            self.members[member.memberID] = member
+            self._cancelIdle(cid)
+            self.counters["joins"][role.label] += 1
+            _log.info("member {member_id} ({name!r}) joined {conference_id} as {role}",
+                      member_id=member.memberID[:12], name=member.name, conference_id=cid,
+                      role=role.label)
+            return member, fields
+
+        d.addErrback(badPassword)
+        return d.addCallback(admit)
+
+    def refused(self, request: str, status: int, client: ClientInfo, detail: str = "") -> None:
+        """Count and log one refused request."""
+        self.counters["errors"][status] += 1
+        if request == "CONFERENCE_JOIN_request":
+            self.counters["refused"][status] += 1
+        _log.info("refused {request} from {ip}: {status}{detail}", request=request,
+                  ip=client.ip, status=status, detail=f" ({detail})" if detail else "")
+
+    def leave(self, member: Member, why: str = "left") -> None:
+        """Remove a member from its conference and free its media."""
+        conf = member.conference
+        self.members.pop(member.memberID, None)
+        self.engine.removeMember(member.memberID)
+        if conf is None:
+            return
+        conf.remove(member)
+        for other in conf.members.values():
+            self.engine.unsubscribe(other.memberID, member.memberID)
+        _log.info("member {member_id} ({name!r}) {why} {conference_id}",
+                  member_id=member.memberID[:12], name=member.name, why=why,
+                  conference_id=conf.conferenceID)
+        self._touchIdle(conf)
+
+    def kickMember(self, member: Member, timeout: bool = False) -> None:
+        """Tell the member it was kicked, remove it and close its connection."""
+        conf = member.conference
+        if conf is None:
+            return
+        conf.notifyKicked(member, timeout)
+        self.leave(member, "timed out of" if timeout else "was kicked from")
+        member.sink.disconnect()
+
+    # -- IMediaListener --------------------------------------------------
+
+    def mediaAvailable(self, memberID: str, kind: str, available: bool) -> None:
+        """Announce that a member's media of C{kind} started or stopped."""
+        member = self.members.get(memberID)
+        if member is None or member.conference is None:
+            return
+        if member.available[kind] == available:
+            return
+        member.available[kind] = available
+        if kind == "audio" and not available:
+            member.speaking = False
+        _log.info("media {kind} {state} for member {member_id} in {conference_id}", kind=kind,
+                  state="up" if available else "down", member_id=memberID[:12],
+                  conference_id=member.conference.conferenceID)
+        member.conference.announceMedia(member)
+
+    def speakingChanged(self, memberID: str, speaking: bool) -> None:
+        """Announce a change of a member's speaking state."""
+        member = self.members.get(memberID)
+        if member is None or member.conference is None or member.speaking == speaking:
+            return
+        member.speaking = speaking
+        member.conference.announceMedia(member)
+
+
+def _replaceSettings(settings: ConferenceSettings, **changes) -> ConferenceSettings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)

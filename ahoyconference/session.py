@@ -1,0 +1,365 @@
+# -*- test-case-name: tests.test_session -*-
+"""
+L{Session}: one connected client.  It turns frames into requests, checks
+membership and permissions, calls the conference, the service and the media
+engine, and turns every outcome into exactly one response.
+
+This is the one place where L{ProtocolError} becomes a response and where
+any other exception becomes a 500 (logged with its traceback; the connection
+stays up), protocol.md 4.1.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ahoyconference.conference import KINDS, Member
+from ahoyconference.interfaces import Action, ClientInfo, ProtocolError
+from ahoyconference.limits import RateLimiter
+from ahoyconference.messages import (
+    NEEDS_MEMBERSHIP,
+    Envelope,
+    EnvelopeError,
+    encode,
+    parseEnvelope,
+    parseParams,
+    responseTypeFor,
+)
+
+_log = Logger()
+
+
+class Session:
+    """
+    One client connection.
+
+    @param transport: has C{sendBytes(data)} (one text frame) and
+        C{close(code, reason)}.
+    @ivar member: the L{Member} while joined, else C{None}.
+    """
+
+    def __init__(self, service, client: ClientInfo, transport):
+        self.service = service
+        self.client = client
+        self.transport = transport
+        self.member: Member | None = None
+        self._pending: dict[tuple[str, str], tuple[str, str | None]] = {}
+        self._lock = defer.DeferredLock()
+        limits = service.config.limits
+        self._joinRate = RateLimiter(service.clock, limits.join_rate)
+        self._chatRate = RateLimiter(service.clock, limits.chat_rate)
+        self._closed = False
+        service.sessions.add(self)
+
+    # -- the transport's side --------------------------------------------
+
+    def received(self, payload: bytes, isBinary: bool) -> defer.Deferred:
+        """Handle one frame, after the frames before it."""
+        return self._lock.run(self._handle, payload, isBinary)
+
+    def connectionLost(self) -> None:
+        """The WebSocket closed: leave the conference (protocol.md 0)."""
+        self._closed = True
+        self.service.sessions.discard(self)
+        member, self.member = self.member, None
+        self._pending.clear()
+        if member is not None:
+            self.service.leave(member, "disconnected from")
+
+    def shutdown(self) -> None:
+        """The server is stopping: close with 1001 (going away)."""
+        self.transport.close(1001, "server shutting down")
+
+    # -- MemberSink ----------------------------------------------------
+
+    def sendEncoded(self, data: bytes) -> None:
+        """Send one encoded message."""
+        if not self._closed:
+            self.transport.sendBytes(data)
+
+    def disconnect(self) -> None:
+        """Close the connection (kicked); the member is already gone."""
+        self.member = None
+        self._pending.clear()
+        self.transport.close(1000, "kicked")
+
+    def send(self, message: dict) -> None:
+        """Encode and send one message."""
+        self.sendEncoded(encode(message))
+
+    # -- dispatch ------------------------------------------------------
+
+    def _handle(self, payload: bytes, isBinary: bool):
+        try:
+            envelope = parseEnvelope(payload, isBinary)
+        except EnvelopeError as e:
+            self._error(e.responseType, e.transactionID, e.error, "(unreadable message)")
+            return None
+        mtype = envelope.messageType
+        if mtype.endswith("_request"):
+            return self._request(envelope)
+        if mtype.endswith("_response"):
+            return self._clientResponse(envelope)
+        self._error("ERROR_response", envelope.transactionID, ProtocolError(501), mtype)
+        return None
+
+    def _request(self, envelope: Envelope) -> defer.Deferred:
+        mtype = envelope.messageType
+        rtype = responseTypeFor(mtype)
+        tid = envelope.transactionID
+        d = defer.maybeDeferred(self._dispatch, envelope)
+
+        def done(result):
+            fields, after = result if isinstance(result, tuple) else (result, None)
+            response = {"messageType": rtype, "status": 200, "reason": "OK"}
+            response.update(fields or {})
+            response["transactionID"] = tid
+            self.send(response)
+            if after is not None:
+                return after()
+
+        def failed(f):
+            if f.check(ProtocolError):
+                self._error(rtype, tid, f.value, mtype)
+            else:
+                _log.failure("internal error handling {request}", f, request=mtype)
+                self._error(rtype, tid, ProtocolError(500), mtype)
+
+        d.addCallback(done)
+        d.addErrback(failed)
+        return d
+
+    def _error(self, rtype: str, tid: str, error: ProtocolError, request: str) -> None:
+        self.service.refused(request, error.status, self.client, error.detail)
+        self.send({"messageType": rtype, "status": error.status, "reason": error.reason,
+                   "transactionID": tid})
+
+    def _dispatch(self, envelope: Envelope):
+        params = parseParams(envelope, self.service.config.limits)
+        mtype = envelope.messageType
+        if mtype in NEEDS_MEMBERSHIP and self.member is None:
+            raise ProtocolError(409, detail="not in a conference")
+        name = mtype[: -len("_request")].lower()
+        return getattr(self, "request_" + name)(params)
+
+    # -- requests ------------------------------------------------------
+
+    def request_conference_create(self, params):
+        """1.1: create a conference."""
+        d = self.service.createConference(self.client, params)
+        return d.addCallback(lambda conf: {
+            "conferenceID": conf.conferenceID,
+            "conferenceName": conf.settings.conferenceName,
+            "description": conf.description,
+        })
+
+    def request_conference_join(self, params):
+        """1.2: join a conference."""
+        if self.member is not None:
+            raise ProtocolError(409, detail="already in a conference")
+        self._joinRate.check()
+        d = self.service.join(self, self.client, params)
+
+        def joined(result):
+            member, fields = result
+            if self._closed:  # the connection went while the policy thought
+                self.service.leave(member, "disconnected from")
+                raise ProtocolError(409)
+            self.member = member
+            return fields
+
+        return d.addCallback(joined)
+
+    def request_conference_leave(self, params):
+        """1.5: leave the conference."""
+        member, self.member = self.member, None
+        self._pending.clear()
+        self.service.leave(member)
+        return {}
+
+    @defer.inlineCallbacks
+    def request_conference_kick(self, params):
+        """1.6: a moderator removes a member."""
+        member = self.member
+        yield self.service.allowed(member, Action.KICK)
+        target = member.conference.member(params["memberID"])
+        _log.info("member {member_id} kicked {target_id} from {conference_id}",
+                  member_id=member.memberID[:12], target_id=target.memberID[:12],
+                  conference_id=member.conference.conferenceID)
+        return {}, lambda: self.service.kickMember(target)
+
+    @defer.inlineCallbacks
+    def request_chat_message(self, params):
+        """1.7: chat to everyone else."""
+        self._chatRate.check()
+        member = self.member
+        yield self.service.allowed(member, Action.CHAT)
+        if member.conference is not None:
+            member.conference.chat(member, params["message"])
+        return {}
+
+    @defer.inlineCallbacks
+    def request_conference_description(self, params):
+        """1.8: a moderator changes the description."""
+        member = self.member
+        yield self.service.allowed(member, Action.DESCRIBE)
+        conf = member.conference
+        return {}, lambda: conf.setDescription(params["description"])
+
+    @defer.inlineCallbacks
+    def request_conference_lock(self, params):
+        """4.3: a moderator locks or unlocks."""
+        member = self.member
+        yield self.service.allowed(member, Action.LOCK)
+        conf = member.conference
+        _log.info("conference {conference_id} {what} by member {member_id}",
+                  conference_id=conf.conferenceID,
+                  what="locked" if params["locked"] else "unlocked",
+                  member_id=member.memberID[:12])
+        return {}, lambda: conf.setLocked(params["locked"])
+
+    @defer.inlineCallbacks
+    def request_media_mute(self, params):
+        """4.4: announce one's own mute state, or a moderator mutes another."""
+        member = self.member
+        conf = member.conference
+        changes = {k: params[k] for k in KINDS if params[k] is not None}
+        target = member
+        if params["memberID"] is not None and params["memberID"] != member.memberID:
+            yield self.service.allowed(member, Action.MUTE_OTHER)
+            target = conf.member(params["memberID"])
+        if target.conference is None:
+            raise ProtocolError(404)
+        for kind, enabled in conf.mute(member, target, changes):
+            self.service.engine.setForwarding(target.memberID, kind, enabled)
+            _log.info("member {member_id} {what} {kind} of {target_id}",
+                      member_id=member.memberID[:12], what="unmuted" if enabled else "muted",
+                      kind=kind, target_id=target.memberID[:12])
+        return {}
+
+    @defer.inlineCallbacks
+    def request_media_share(self, params):
+        """1.3 and 4.5: share (or stop sharing) microphone and camera."""
+        member = self.member
+        yield self.service.allowed(member, Action.SHARE)
+        conf = member.conference
+        engine = self.service.engine
+        wanted = {"audio": params["audio"], "video": params["video"]}
+        cap = params["maxVideoBitrate"]
+        if conf.settings.maxVideoBitrate:
+            cap = min(cap, conf.settings.maxVideoBitrate)
+        if not any(wanted.values()):
+            engine.unpublish(member.memberID)
+            self._dropPending("MEDIA_RECEIVE_response")
+            self._shareChanged(member, wanted)
+            return {}
+        offer = yield engine.publish(member.memberID, wanted["audio"], wanted["video"], cap)
+        if member.conference is None:  # left while the offer was being made
+            engine.unpublish(member.memberID)
+            raise ProtocolError(409)
+        self._shareChanged(member, wanted)
+
+        def sendOffer():
+            tid = secrets.token_hex(16)
+            self._dropPending("MEDIA_RECEIVE_response")
+            self._pending[("MEDIA_RECEIVE_response", tid)] = ("publish", None)
+            self.send({"messageType": "MEDIA_RECEIVE_request", "sdp": offer, "transactionID": tid})
+
+        return {}, sendOffer
+
+    def _shareChanged(self, member: Member, wanted: dict) -> None:
+        for kind in KINDS:
+            member.sharing[kind] = wanted[kind]
+            if not wanted[kind]:
+                self.service.mediaAvailable(member.memberID, kind, False)
+            elif not member.forced[kind]:
+                member.muted[kind] = False
+
+    def _dropPending(self, rtype: str, tid: str | None = None) -> None:
+        for key in [k for k in self._pending if k[0] == rtype and (tid is None or k[1] == tid)]:
+            del self._pending[key]
+
+    @defer.inlineCallbacks
+    def request_media(self, params):
+        """1.4 and 4.6: subscribe to other members' media."""
+        member = self.member
+        yield self.service.allowed(member, Action.SUBSCRIBE)
+        conf = member.conference
+        entries = [(conf.member(e["memberID"]), e) for e in params["members"]]
+        return {}, lambda: self._subscribeAll(member, entries)
+
+    @defer.inlineCallbacks
+    def _subscribeAll(self, member: Member, entries):
+        engine = self.service.engine
+        for publisher, entry in entries:
+            if publisher is member or self.member is not member:
+                continue
+            pid = publisher.memberID
+            if not (entry["audio"] or entry["video"]):
+                engine.unsubscribe(member.memberID, pid)
+                self._dropPending("SDP_response", pid)
+                continue
+            audio = entry["audio"] and engine.isPublishing(pid, "audio")
+            video = entry["video"] and engine.isPublishing(pid, "video")
+            if not (audio or video):
+                continue
+            try:
+                offer = yield engine.subscribe(member.memberID, pid, audio, video)
+            except ProtocolError as e:
+                _log.info("subscription of {member_id} to {publisher_id} refused: {status}",
+                          member_id=member.memberID[:12], publisher_id=pid[:12], status=e.status)
+                continue
+            if self.member is not member or publisher.conference is None:
+                engine.unsubscribe(member.memberID, pid)
+                continue
+            self._pending[("SDP_response", pid)] = ("subscribe", pid)
+            self.send({"messageType": "SDP_request", "sdp": offer, "member": publisher.ref(),
+                       "transactionID": pid})
+
+    # -- the client's answers to our requests ------------------------------
+
+    def _clientResponse(self, envelope: Envelope):
+        key = (envelope.messageType, envelope.transactionID)
+        pending = self._pending.get(key)
+        if pending is None or self.member is None:
+            self._error("ERROR_response", envelope.transactionID, ProtocolError(400),
+                        envelope.messageType + " (not expected)")
+            return None
+        body = envelope.body
+        status, sdp = body.get("status"), body.get("sdp")
+        if isinstance(status, bool) or not isinstance(status, int):
+            self._error("ERROR_response", envelope.transactionID, ProtocolError(400),
+                        envelope.messageType)
+            return None
+        kind, publisherID = pending
+        member = self.member
+        if status != 200:
+            del self._pending[key]
+            _log.info("member {member_id} declined a {kind} offer: {status}",
+                      member_id=member.memberID[:12], kind=kind, status=status)
+            return None
+        if not isinstance(sdp, str) or len(sdp) > self.service.config.limits.max_message_bytes:
+            self._error("ERROR_response", envelope.transactionID, ProtocolError(400),
+                        envelope.messageType)
+            return None
+        engine = self.service.engine
+        if kind == "publish":
+            d = defer.maybeDeferred(engine.acceptPublishAnswer, member.memberID, sdp)
+        else:
+            d = defer.maybeDeferred(engine.acceptSubscribeAnswer, member.memberID, publisherID, sdp)
+
+        def accepted(_):
+            self._pending.pop(key, None)
+
+        def failed(f):
+            if f.check(ProtocolError):
+                error = f.value
+            else:
+                _log.failure("internal error applying an answer", f)
+                error = ProtocolError(500)
+            self._error("ERROR_response", envelope.transactionID, error, envelope.messageType)
+
+        return d.addCallbacks(accepted, failed)

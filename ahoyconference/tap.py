@@ -1,0 +1,172 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The twistd plugin's L{Options} and L{makeService}: C{twistd ahoyconference}.
+
+No module of ours imports the reactor at import time: L{makeService}
+installs the asyncio reactor (aiortc needs it) unless one is installed
+already, in which case it must be the asyncio one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ahoyconference import __version__
+from ahoyconference.config import Config, ConfigError, loadConfig
+
+DEFAULT_PORT = "tcp:8080:interface=127.0.0.1"
+
+_log = Logger()
+
+
+class Options(usage.Options):
+    """
+    C{twistd ahoyconference [--port=DESC ...] [--config=PATH] [--policy=NAME]}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "A WebRTC conference server: browsers join rooms over a JSON WebSocket API "
+        "and the server forwards their audio and video."
+    )
+    optParameters = [
+        ["config", "c", None, "The TOML configuration file."],
+        ["policy", None, None, "The policy plugin's name (overrides [policy] name)."],
+    ]
+    compData = usage.Completions(optActions={"config": usage.CompleteFiles("*.toml")})
+
+    def __init__(self):
+        super().__init__()
+        self["ports"] = []
+
+    def opt_port(self, description):
+        """
+        An endpoint to listen on, e.g. tcp:8080:interface=127.0.0.1 or
+        ssl:8443:privateKey=key.pem:certKey=cert.pem (repeatable; default
+        tcp:8080:interface=127.0.0.1).
+        """
+        self["ports"].append(description)
+
+    opt_p = opt_port
+
+    def opt_version(self):
+        """Print the version and exit."""
+        print(f"ahoyconference {__version__}")
+        sys.exit(0)
+
+    def postOptions(self):
+        """Read the configuration file now, so that mistakes stop start-up early."""
+        try:
+            config = loadConfig(self["config"]) if self["config"] else Config()
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+        changes = {}
+        if self["ports"]:
+            changes["ports"] = tuple(self["ports"])
+        elif not config.ports:
+            changes["ports"] = (DEFAULT_PORT,)
+        if self["policy"]:
+            changes["policy_name"] = self["policy"]
+        self["configuration"] = config.replace(**changes)
+
+
+def installAsyncioReactor():
+    """
+    Install the asyncio reactor if no reactor is installed yet, and return
+    the reactor.
+
+    @raise SystemExit: another reactor is installed already.
+    """
+    if "twisted.internet.reactor" not in sys.modules:
+        from twisted.internet import asyncioreactor
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        asyncioreactor.install(loop)
+    from twisted.internet import reactor
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    if not isinstance(reactor, AsyncioSelectorReactor):
+        raise SystemExit(
+            "ahoyconference needs the asyncio reactor (aiortc runs on asyncio): "
+            "run twistd --reactor=asyncio ahoyconference ..."
+        )
+    return reactor
+
+
+class _ReloadOnHangup(MultiService):
+    """Re-reads the configuration on SIGHUP (C{systemctl reload})."""
+
+    def __init__(self, service, path, reactor):
+        super().__init__()
+        self.conferenceService = service
+        self.path = path
+        self.reactor = reactor
+        self._previous = None
+
+    def startService(self):
+        import signal
+
+        super().startService()
+        if self.path:
+            self._previous = signal.signal(
+                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+
+    def stopService(self):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+        return super().stopService()
+
+    def reload(self):
+        """Re-read the file; a broken file is logged and the old config kept."""
+        try:
+            config = loadConfig(self.path)
+        except ConfigError as e:
+            _log.error("reload failed, keeping the running configuration: {error}", error=str(e))
+            return
+        current = self.conferenceService.config
+        self.conferenceService.reload(config.replace(ports=current.ports,
+                                                     policy_name=current.policy_name))
+
+
+def makeService(options) -> MultiService:
+    """Build the service tree: the conference service and one listener per port."""
+    reactor = installAsyncioReactor()
+    return buildService(options["configuration"], reactor)
+
+
+def buildService(config: Config, reactor) -> MultiService:
+    """
+    The service tree for a configuration (used by L{makeService} and tests).
+
+    @raise SystemExit: the policy cannot be loaded.
+    """
+    from ahoyconference.media.engine import AiortcMediaEngine, installExceptionHandler
+    from ahoyconference.policy import UnknownPolicy, loadPolicy
+    from ahoyconference.service import ConferenceService
+    from ahoyconference.web import makeSite
+
+    try:
+        policy = loadPolicy(config.policy_name, config.policy_options, reactor)
+    except (UnknownPolicy, ValueError) as e:
+        raise SystemExit(f"ahoyconference: {e}")
+    installExceptionHandler(asyncio.get_event_loop())
+    service = ConferenceService(config, reactor, policy, None)
+    service.engine = AiortcMediaEngine(service, config.ice, reactor,
+                                       iceTimeout=config.limits.ice_timeout)
+    top = _ReloadOnHangup(service, config.path, reactor)
+    service.setServiceParent(top)
+    site = makeSite(service)
+    for description in config.ports:
+        strports.service(description, site).setServiceParent(top)
+    top.site = site
+    return top

@@ -1,0 +1,226 @@
+"""
+Test helpers: a real server on a real loopback socket (in-process), and a
+real WebSocket client (the C{websockets} library, on the same asyncio loop as
+the asyncio reactor that trial runs with C{--reactor=asyncio}).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import json
+
+import websockets
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint
+
+from ahoyconference.config import Config, IceSettings, Limits
+from ahoyconference.policy import PasswordPolicy
+from ahoyconference.service import ConferenceService
+from ahoyconference.web import makeSite
+
+SUBPROTOCOL = "conference-protocol"
+TIMEOUT = 10.0
+
+
+def asyncTest(f):
+    """Run an C{async def} test method on the reactor's asyncio loop."""
+
+    @functools.wraps(f)
+    def wrapper(self, *args, **kwargs):
+        return defer.Deferred.fromFuture(asyncio.ensure_future(f(self, *args, **kwargs)))
+
+    return wrapper
+
+
+def testConfig(**changes) -> Config:
+    """A config for tests: media on loopback only, generous limits."""
+    limits = changes.pop("limits", None) or Limits(
+        join_rate=0, chat_rate=0, max_connections_per_ip=0, max_conferences_per_client=0)
+    base = Config(ice=IceSettings(host_addresses=("127.0.0.1",)), limits=limits)
+    return base.replace(**changes)
+
+
+class Server:
+    """
+    A server listening on 127.0.0.1 on a free port.
+
+    @ivar service: the L{ConferenceService}.
+    @ivar url: the WebSocket URL.
+    """
+
+    def __init__(self, config=None, clock=None, policy=None, engine=None):
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.config = config or testConfig()
+        self.clock = clock or reactor
+        self.service = ConferenceService(self.config, self.clock, policy or PasswordPolicy(), None)
+        if engine is None:
+            from ahoyconference.nomedia import NoMediaEngine
+
+            engine = NoMediaEngine()
+        elif engine == "aiortc":
+            from ahoyconference.media.engine import AiortcMediaEngine
+
+            engine = AiortcMediaEngine(self.service, self.config.ice, reactor,
+                                       iceTimeout=self.config.limits.ice_timeout)
+        self.service.engine = engine
+        self.site = makeSite(self.service)
+        self.port = None
+
+    async def start(self) -> Server:
+        """Listen; return self."""
+        endpoint = TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
+        self.port = await defer.Deferred.asFuture(endpoint.listen(self.site), asyncio.get_event_loop())
+        self.service.startService()
+        return self
+
+    @property
+    def url(self) -> str:
+        """The ws:// URL of the server."""
+        return f"ws://127.0.0.1:{self.port.getHost().port}/"
+
+    @property
+    def http(self) -> str:
+        """The http:// URL of the server."""
+        return f"http://127.0.0.1:{self.port.getHost().port}/"
+
+    async def stop(self) -> None:
+        """Stop listening, close every session and the engine; wait for the sockets."""
+        if self.port is not None:
+            await defer.Deferred.asFuture(defer.maybeDeferred(self.port.stopListening),
+                                          asyncio.get_event_loop())
+        d = self.service.stopService()
+        if d is not None:
+            await defer.Deferred.asFuture(defer.maybeDeferred(lambda: d), asyncio.get_event_loop())
+        for _ in range(300):
+            if not self.service.sessions:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+        cancelBatchedTimers(self.reactor)
+
+
+def cancelBatchedTimers(reactor) -> None:
+    """
+    Autobahn's timers (ping, handshake timeouts) share txaio's batched timer,
+    whose bucket stays scheduled after every call in it was cancelled; trial
+    would call that a dirty reactor.  Cancel the empty buckets.
+    """
+    for call in reactor.getDelayedCalls():
+        owner = getattr(call.func, "__self__", None)
+        if type(owner).__name__ == "_BatchedTimer" and call.active():
+            call.cancel()
+
+
+class Client:
+    """
+    A WebSocket client speaking the conference protocol.
+
+    C{request()} sends a request and returns its response; C{expect()}
+    returns the next message of a type (others are kept for later).
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.received: list[dict] = []
+        self.raw: list[str] = []
+        self._arrived = asyncio.Event()
+        self._reader = asyncio.ensure_future(self._read())
+        self.closed = asyncio.get_event_loop().create_future()
+
+    @classmethod
+    async def connect(cls, url: str, **kwargs) -> Client:
+        """Open a connection offering the subprotocol."""
+        kwargs.setdefault("subprotocols", [SUBPROTOCOL])
+        kwargs.setdefault("max_size", 2**24)
+        ws = await websockets.connect(url, open_timeout=TIMEOUT, **kwargs)
+        return cls(ws)
+
+    async def _read(self):
+        try:
+            async for text in self.ws:
+                self.raw.append(text)
+                self.received.append(json.loads(text))
+                self._arrived.set()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            if not self.closed.done():
+                self.closed.set_result(self.ws.close_code)
+            self._arrived.set()
+
+    async def sendRaw(self, data) -> None:
+        """Send a frame as it is (str → text frame, bytes → binary frame)."""
+        await self.ws.send(data)
+
+    async def send(self, message: dict) -> str:
+        """Send a message (a transactionID is added if absent); return its transactionID."""
+        message = dict(message)
+        message.setdefault("transactionID", f"t-{next(self._ids)}")
+        await self.ws.send(json.dumps(message))
+        return message["transactionID"]
+
+    async def request(self, messageType: str, **params) -> dict:
+        """Send a request and wait for the response with its transactionID."""
+        tid = await self.send({"messageType": messageType, **params})
+        return await self.expect(transactionID=tid, messageType=messageType.replace(
+            "_request", "_response"))
+
+    async def expect(self, messageType: str | None = None, timeout: float = TIMEOUT,
+                     **match) -> dict:
+        """The next received message with this type (and these field values)."""
+        loop = asyncio.get_event_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for i, m in enumerate(self.received):
+                if (messageType is None or m.get("messageType") == messageType) and all(
+                        m.get(k) == v for k, v in match.items()):
+                    return self.received.pop(i)
+            if self.closed.done():
+                raise AssertionError(f"connection closed waiting for {messageType} {match}; "
+                                     f"have {self.received}")
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AssertionError(f"no {messageType} {match} within {timeout}s; "
+                                     f"have {self.received}")
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except TimeoutError:
+                pass
+
+    async def quiet(self, seconds: float = 0.2) -> list[dict]:
+        """Wait a little and return (and drop) whatever arrived meanwhile."""
+        await asyncio.sleep(seconds)
+        out, self.received = self.received, []
+        return out
+
+    async def close(self) -> None:
+        """Close the connection and wait for the reader."""
+        await self.ws.close()
+        await self._reader
+
+
+async def createAndJoin(url: str, conferenceID: str = "room", name: str = "alice",
+                        password: str = "", **create) -> tuple[Client, dict]:
+    """Connect, create a conference (if it does not exist) and join it."""
+    client = await Client.connect(url)
+    await client.request("CONFERENCE_CREATE_request", conferenceID=conferenceID, **create)
+    joined = await client.request("CONFERENCE_JOIN_request", conferenceID=conferenceID,
+                                  name=name, password=password)
+    assert joined["status"] == 200, joined
+    return client, joined
+
+
+async def join(url: str, conferenceID: str = "room", name: str = "bob",
+               password: str = "") -> tuple[Client, dict]:
+    """Connect and join an existing conference; return the client and the response."""
+    client = await Client.connect(url)
+    joined = await client.request("CONFERENCE_JOIN_request", conferenceID=conferenceID,
+                                  name=name, password=password)
+    return client, joined
