@@ -207,12 +207,15 @@ class Client:
 
 
 async def createAndJoin(url: str, conferenceID: str = "room", name: str = "alice",
-                        password: str = "", **create) -> tuple[Client, dict]:
-    """Connect, create a conference (if it does not exist) and join it."""
+                        joinPassword: str = "", **create) -> tuple[Client, dict]:
+    """
+    Connect, create a conference (if it does not exist) with the C{create}
+    parameters, and join it with C{joinPassword}.
+    """
     client = await Client.connect(url)
     await client.request("CONFERENCE_CREATE_request", conferenceID=conferenceID, **create)
     joined = await client.request("CONFERENCE_JOIN_request", conferenceID=conferenceID,
-                                  name=name, password=password)
+                                  name=name, password=joinPassword)
     assert joined["status"] == 200, joined
     return client, joined
 
