@@ -31,12 +31,13 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlencode
 
+from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import SkipTest, TestCase
 
 from ahoyconference.config import Limits
 from ahoyconference.interfaces import ConferenceSettings
-from tests.helpers import Client, Server, asyncTest, cancelBatchedTimers, join, testConfig
+from tests.helpers import Client, Server, asyncTest, join, testConfig
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -280,8 +281,6 @@ class BrowserTestCase(TestCase):
 
 def _future_of(coro):
     """A coroutine run on the loop, as a Deferred (for addCleanup)."""
-    from twisted.internet import defer
-
     return defer.Deferred.fromFuture(asyncio.ensure_future(coro))
 
 
@@ -304,7 +303,8 @@ class SignallingTests(BrowserTestCase):
         owner = await self.client("locked-room", "owner")
         await owner.request("CONFERENCE_LOCK_request", locked=True)
         await self.client("full-room", "first", maxMember=1)
-        await self.client("secret-room", "host", password="sesame", moderatorPassword="captain")
+        await self.client("secret-room", "host", "captain", password="sesame",
+                          moderatorPassword="captain")
 
         page = await self.newPage("visitor")
         text = await page.joinError("no-such-room", "Vic")
@@ -428,6 +428,7 @@ class SignallingTests(BrowserTestCase):
         # Carol's microphone comes up (as the media engine would report it),
         # and she speaks: the tile says so.
         carolMember = self.member("mod-room", "Carol")
+        carolMember.muted["audio"] = False
         self.server.service.mediaAvailable(carolMember.memberID, "audio", True)
         await page.waitFor("""document.querySelector('.tile[data-name="Carol"]')
                               .dataset.audioMuted === 'false'""", "showing Carol's microphone on")
@@ -503,8 +504,13 @@ class ReconnectTests(BrowserTestCase):
     async def test_reconnect(self):
         page = await self.newPage("member")
         await page.joinRoom("lobby", "Rey")
-        port = self.server.port.getHost().port
-        await self.server.stop()
+        # The server goes away: it stops listening and drops every connection.
+        old = self.server
+        port = old.port.getHost().port
+        await _future(defer.maybeDeferred(old.port.stopListening))
+        old.port = None
+        for session in list(old.service.sessions):
+            session.shutdown()
         await page.waitFor("!document.getElementById('notice').hidden && "
                            "/Reconnecting/.test(document.getElementById('notice').textContent)",
                            "saying it reconnects")
@@ -531,7 +537,6 @@ class ReconnectTests(BrowserTestCase):
         self.addCleanup(lambda: _future_of(other.close()))
         self.assertEqual([m["name"] for m in joined["members"]], ["Rey"])
         await page.tile("Finn")
-        cancelBatchedTimers(server.reactor)
 
 
 class MediaTests(BrowserTestCase):

@@ -22,6 +22,7 @@ async def stalledClient(port: int) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
+    loop = asyncio.get_event_loop()
     await loop.sock_connect(sock, ("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
     await loop.sock_sendall(sock, (
@@ -56,7 +57,7 @@ class SlowReaderTests(unittest.TestCase):
             await talker.expect("CONFERENCE_JOIN_indication")
             text = "x" * 60000
             gone = False
-            for i in range(400):  # 24 MB in all, far beyond any socket buffer
+            for _ in range(400):  # 24 MB in all, far beyond any socket buffer
                 r = await talker.request("CHAT_MESSAGE_request", message={"text": text})
                 self.assertEqual(r["status"], 200)
                 if len(s.service.members) == 1:

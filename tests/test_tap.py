@@ -61,6 +61,7 @@ class OptionsTests(unittest.TestCase):
         """The plugin file only names ahoyconference.tap."""
         from twisted.application.service import IServiceMaker
         from twisted.plugin import getPlugins
+
         from twisted import plugins
 
         makers = [p for p in getPlugins(IServiceMaker, plugins) if p.tapname == "ahoyconference"]
