@@ -64,13 +64,45 @@ class ConferenceService(MultiService):
     # -- lifecycle -----------------------------------------------------
 
     def stopService(self):
-        """Close every client connection, every conference and the media engine."""
+        """
+        Close every client connection with a close frame (1001), wait for
+        them to go (at most C{SHUTDOWN_GRACE} seconds), then close every
+        conference and the media engine.
+        """
         for session in list(self.sessions):
             session.shutdown()
-        for conference in list(self.conferences.values()):
-            self._removeConference(conference, "server stopping")
-        d = defer.maybeDeferred(super().stopService)
+        d = self._drained(self.SHUTDOWN_GRACE)
+
+        def closeRest(_):
+            for session in list(self.sessions):
+                session.transport.close(1001, "server shutting down")
+            for conference in list(self.conferences.values()):
+                self._removeConference(conference, "server stopping")
+            for call in list(self._idle.values()):
+                if call.active():
+                    call.cancel()
+            self._idle.clear()
+            return defer.maybeDeferred(MultiService.stopService, self)
+
+        d.addCallback(closeRest)
         d.addCallback(lambda _: self.engine.close())
+        return d
+
+    SHUTDOWN_GRACE = 3.0
+
+    def _drained(self, grace: float) -> defer.Deferred:
+        """A Deferred that fires when no session is left, or after C{grace} seconds."""
+        d = defer.Deferred()
+        waited = [0.0]
+
+        def check():
+            if not self.sessions or waited[0] >= grace:
+                d.callback(None)
+            else:
+                waited[0] += 0.05
+                self.clock.callLater(0.05, check)
+
+        check()
         return d
 
     def reload(self, config: Config) -> None:

@@ -315,7 +315,7 @@ class PasswordTableTests(APITestCase):
         s = await self.server()
         c = await self.connect(s.url)
         rows = [
-            ({}, {"": "moderator", "whatever": 403}),
+            ({}, {"": "moderator", "whatever": "moderator"}),  # "(none is wrong)"
             ({"moderatorPassword": "M"}, {"": "speaker", "wrong": 403, "M": "moderator"}),
             ({"moderatorPassword": "M", "password": "S"},
              {"": "listener", "wrong": 403, "S": "speaker", "M": "moderator"}),

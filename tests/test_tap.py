@@ -78,12 +78,12 @@ def freePort() -> int:
 
 
 async def runTwistd(*args, env=None):
-    """Start C{python -m twisted ...} from the repository; return the process."""
+    """Start the venv's C{twistd ...} from the repository; return the process."""
     environ = dict(os.environ)
     environ["PYTHONPATH"] = ROOT + os.pathsep + environ.get("PYTHONPATH", "")
     environ.update(env or {})
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "twisted", *args, cwd=ROOT, env=environ,
+        os.path.join(os.path.dirname(sys.executable), "twistd"), *args, cwd=ROOT, env=environ,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
 
 
@@ -172,3 +172,34 @@ class TwistdTests(unittest.TestCase):
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn(b"unknown policy 'nope'", out[0])
         self.assertIn(b"password", out[0])
+
+
+class ShutdownTests(unittest.TestCase):
+    """SIGTERM: every WebSocket gets a close frame, then twistd exits 0."""
+
+    @asyncTest
+    async def test_sigterm(self):
+        port = freePort()
+        proc = await runTwistd("-n", "--pidfile=", "ahoyconference",
+                               f"--port=tcp:{port}:interface=127.0.0.1")
+        clients = []
+        try:
+            await waitForPort(port, proc)
+            for _ in range(3):
+                c = await Client.connect(f"ws://127.0.0.1:{port}/")
+                clients.append(c)
+            await clients[0].request("CONFERENCE_CREATE_request", conferenceID="r")
+            for c in clients:
+                r = await c.request("CONFERENCE_JOIN_request", conferenceID="r", name="x")
+                self.assertEqual(r["status"], 200)
+            proc.terminate()
+            codes = await asyncio.wait_for(asyncio.gather(*[c.closed for c in clients]), 10)
+            self.assertEqual(set(codes), {1001})
+            out = await asyncio.wait_for(proc.communicate(), 10)
+            self.assertEqual(proc.returncode, 0, out)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            for c in clients:
+                await c.close()
