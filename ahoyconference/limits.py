@@ -22,6 +22,7 @@ class RateLimiter:
         self.burst = burst if burst is not None else max(1.0, rate * 2)
         self._tokens = self.burst
         self._last = clock.seconds()
+        self.limited = False
 
     def allow(self) -> bool:
         """Take one token; C{False} when none is left."""
@@ -31,13 +32,22 @@ class RateLimiter:
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
         if self._tokens < 1:
+            self.limited = True
             return False
         self._tokens -= 1
+        self.limited = False
         return True
 
-    def check(self) -> None:
-        """@raise ProtocolError: 503 ("rate limited") when over the rate."""
+    def check(self, onFirstRefusal=None) -> None:
+        """
+        @param onFirstRefusal: called once when the rate is first exceeded
+            (again only after an event was allowed): for one log line per episode.
+        @raise ProtocolError: 503 ("rate limited") when over the rate.
+        """
+        wasLimited = self.limited
         if not self.allow():
+            if not wasLimited and onFirstRefusal is not None:
+                onFirstRefusal()
             raise ProtocolError(503, "service unavailable", detail="rate limited")
 
 

@@ -301,13 +301,19 @@ class ConferenceService(MultiService):
         d.addErrback(badPassword)
         return d.addCallback(admit)
 
+    #: Refusals worth an info line; other error responses are logged at debug
+    #: level, so that a client sending garbage cannot flood the log.
+    LOGGED_REFUSALS = frozenset({"CONFERENCE_CREATE_request", "CONFERENCE_JOIN_request",
+                                 "CONFERENCE_KICK_request", "MEDIA_SHARE_request"})
+
     def refused(self, request: str, status: int, client: ClientInfo, detail: str = "") -> None:
         """Count and log one refused request."""
         self.counters["errors"][status] += 1
         if request == "CONFERENCE_JOIN_request":
             self.counters["refused"][status] += 1
-        _log.info("refused {request} from {ip}: {status}{detail}", request=request,
-                  ip=client.ip, status=status, detail=f" ({detail})" if detail else "")
+        log = _log.info if request in self.LOGGED_REFUSALS or status >= 500 else _log.debug
+        log("refused {request} from {ip}: {status}{detail}", request=request,
+            ip=client.ip, status=status, detail=f" ({detail})" if detail else "")
 
     def leave(self, member: Member, why: str = "left") -> None:
         """Remove a member from its conference and free its media."""

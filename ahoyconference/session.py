@@ -90,6 +90,9 @@ class Session:
         """Encode and send one message."""
         self.sendEncoded(encode(message))
 
+    def _rateLimited(self, what: str) -> None:
+        _log.info("{ip} is over the {what} rate; refusing with 503", ip=self.client.ip, what=what)
+
     # -- dispatch ------------------------------------------------------
 
     def _handle(self, payload: bytes, isBinary: bool):
@@ -160,7 +163,7 @@ class Session:
         """1.2: join a conference."""
         if self.member is not None:
             raise ProtocolError(409, detail="already in a conference")
-        self._joinRate.check()
+        self._joinRate.check(lambda: self._rateLimited("join"))
         d = self.service.join(self, self.client, params)
 
         def joined(result):
@@ -194,7 +197,7 @@ class Session:
     @defer.inlineCallbacks
     def request_chat_message(self, params):
         """1.7: chat to everyone else."""
-        self._chatRate.check()
+        self._chatRate.check(lambda: self._rateLimited("chat"))
         member = self.member
         yield self.service.allowed(member, Action.CHAT)
         if member.conference is not None:

@@ -723,3 +723,42 @@ class FanOutTests(APITestCase):
         got = await asyncio.gather(*[c.expect("CHAT_MESSAGE_indication") for c, _ in clients])
         self.assertEqual({g["message"]["text"] for g in got}, {"hello all"})
         self.assertEqual(len(got), 199)
+
+
+class AbuseLimitTests(APITestCase):
+    """Per-address connections and the join rate (the chat rate and wrong-password
+    back-off are tested above)."""
+
+    @asyncTest
+    async def test_connectionsPerAddress(self):
+        """Past max_connections_per_ip the handshake is refused with 503; closing frees a slot."""
+        s = await self.server(config=testConfig(limits=Limits(
+            max_connections_per_ip=2, join_rate=0, chat_rate=0, max_conferences_per_client=0)))
+        a = await self.connect(s.url)
+        await self.connect(s.url)
+        with self.assertRaises(websockets.exceptions.InvalidStatus) as e:
+            await Client.connect(s.url)
+        self.assertEqual(e.exception.response.status_code, 503)
+        await a.close()
+        self.clients.remove(a)
+        for _ in range(100):
+            if sum(s.site.conferenceFactory.connections.values()) < 2:
+                break
+            await asyncio.sleep(0.01)
+        c = await self.connect(s.url)
+        self.assertEqual((await c.request("CONFERENCE_CREATE_request"))["status"], 200)
+
+    @asyncTest
+    async def test_joinRate(self):
+        """Joins past the rate (burst 2 × rate) get 503 until tokens refill."""
+        clock = task.Clock()
+        s = await self.server(clock=clock, config=testConfig(limits=Limits(
+            join_rate=1, chat_rate=0, max_conferences_per_client=0, password_failures=0)))
+        c = await self.connect(s.url)
+        await c.request("CONFERENCE_CREATE_request", conferenceID="r", password="pw")
+        statuses = [(await c.request("CONFERENCE_JOIN_request", conferenceID="r",
+                                     password="bad"))["status"] for _ in range(4)]
+        self.assertEqual(statuses, [403, 403, 503, 503])
+        clock.advance(1)
+        r = await c.request("CONFERENCE_JOIN_request", conferenceID="r", password="pw")
+        self.assertEqual(r["status"], 200)
