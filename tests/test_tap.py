@@ -115,7 +115,7 @@ class TwistdTests(unittest.TestCase):
 
     async def roundTrip(self, extra: list[str]):
         port = freePort()
-        tmp = self.mktemp()
+        tmp = os.path.abspath(self.mktemp())
         os.makedirs(tmp)
         config = os.path.join(tmp, "ahoy.toml")
         with open(config, "w") as f:
