@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface
 
 
@@ -152,10 +153,14 @@ class IConferencePolicy(Interface):
         """
 
 
-class IPolicyPlugin(Interface):
+class IPolicyPlugin(IPlugin):
     """
     A Twisted plugin (in an C{ahoyconference.plugins} package) that makes a
     policy from its C{[policy]} options.
+
+    It extends L{twisted.plugin.IPlugin}: C{getPlugins} only collects module
+    attributes that provide C{IPlugin}, so an object declared with
+    C{@implementer(IPolicyPlugin)} alone is found.
     """
 
     name = Attribute("The name operators give in the config or with --policy.")

@@ -69,7 +69,7 @@ def parseEnvelope(payload: bytes, isBinary: bool) -> Envelope:
     if not isinstance(obj, dict):
         raise EnvelopeError("ERROR_response", "", 400)
     tid = obj.get("transactionID")
-    tidOK = isinstance(tid, str) and len(tid) <= MAX_ID_LENGTH * 2
+    tidOK = isinstance(tid, str)  # any length: the frame cap bounds it
     tidText = tid if tidOK else ""
     mtype = obj.get("messageType")
     if not isinstance(mtype, str) or not mtype or len(mtype) > 100:

@@ -43,7 +43,8 @@ def passwordRole(settings: ConferenceSettings, password: str) -> Role | None:
 
     Every set password is compared, in constant time, whatever matches first.
     A role without a password is open (matches C{""}) only if no role below it
-    has one; the moderator role only if the conference has no password at all.
+    has one; the moderator role only if the conference has no password at all,
+    and then any password given joins as moderator ("none is wrong").
     """
     given = password.encode("utf-8")
     byRole = [
@@ -54,12 +55,13 @@ def passwordRole(settings: ConferenceSettings, password: str) -> Role | None:
     matched = [role for role, secret in byRole if secret and _same(given, secret)]
     if matched:
         return max(matched)
+    anyPassword = any(secret for _, secret in byRole)
+    if not anyPassword:
+        # No password at all: everyone is a moderator, and no password is wrong.
+        return Role.MODERATOR
     if password:
         return None
     # No password given: the highest open role.
-    anyPassword = any(secret for _, secret in byRole)
-    if not anyPassword:
-        return Role.MODERATOR
     for index, (role, secret) in enumerate(byRole):
         below = byRole[index + 1:]
         if role is Role.MODERATOR:
@@ -118,10 +120,15 @@ def availablePolicies() -> dict[str, object]:
     (which extends its path over every C{ahoyconference/plugins} directory on
     C{sys.path}), plus the built-in password policy.
     """
-    from twisted.plugin import getPlugins
+    from twisted.plugin import getPlugins, pluginPackagePaths
 
     from ahoyconference import plugins
 
+    # The package extended its __path__ when it was imported; pick up plugin
+    # directories put on sys.path since then too.
+    for path in pluginPackagePaths(plugins.__name__):
+        if path not in plugins.__path__:
+            plugins.__path__.append(path)
     found: dict[str, object] = {"password": passwordPolicyPlugin}
     for plugin in getPlugins(IPolicyPlugin, plugins):
         found.setdefault(plugin.name, plugin)
@@ -133,7 +140,7 @@ def loadPolicy(name: str, options: dict, reactor) -> IConferencePolicy:
     Make the named policy.
 
     @raise UnknownPolicy: no plugin has that name.
-    @raise ValueError: the plugin refused its options.
+    @raise ValueError: the plugin refused its options, or made no policy.
     """
     known = availablePolicies()
     plugin = known.get(name)
@@ -141,4 +148,8 @@ def loadPolicy(name: str, options: dict, reactor) -> IConferencePolicy:
         raise UnknownPolicy(
             f"unknown policy {name!r}; known policies: {', '.join(sorted(known))}"
         )
-    return IConferencePolicy(plugin.makePolicy(dict(options), reactor))
+    made = plugin.makePolicy(dict(options), reactor)
+    policy = IConferencePolicy(made, None)
+    if policy is None:
+        raise ValueError(f"the {name!r} policy plugin made {made!r}, not an IConferencePolicy")
+    return policy

@@ -122,7 +122,9 @@ class Session:
             response["transactionID"] = tid
             self.send(response)
             if after is not None:
-                return after()
+                # The response is out: a failure from here on is logged, never a second response.
+                return defer.maybeDeferred(after).addErrback(
+                    lambda f: _log.failure("internal error after {request}", f, request=mtype))
 
         def failed(f):
             if f.check(ProtocolError):
@@ -131,8 +133,7 @@ class Session:
                 _log.failure("internal error handling {request}", f, request=mtype)
                 self._error(rtype, tid, ProtocolError(500), mtype)
 
-        d.addCallback(done)
-        d.addErrback(failed)
+        d.addCallbacks(done, failed)
         return d
 
     def _error(self, rtype: str, tid: str, error: ProtocolError, request: str) -> None:
