@@ -140,11 +140,15 @@ class ConferenceService(MultiService):
         """
         d = defer.maybeDeferred(getattr(self.policy, method), *args)
         d.addTimeout(self.config.limits.policy_timeout, self.clock)
+        d.addCallback(_checkPolicyAnswer, method)
 
         def failed(f):
             if f.check(ProtocolError):
                 return f
-            if f.check(defer.TimeoutError, defer.CancelledError):
+            if f.check(_BadPolicyAnswer):
+                _log.error("policy {policy} gave a bad answer: {error}",
+                           policy=self.policy.name, error=str(f.value))
+            elif f.check(defer.TimeoutError, defer.CancelledError):
                 _log.warn("policy {policy} did not answer {method} in time",
                           policy=self.policy.name, method=method)
             else:
@@ -363,6 +367,29 @@ class ConferenceService(MultiService):
             return
         member.speaking = speaking
         member.conference.announceMedia(member)
+
+
+class _BadPolicyAnswer(Exception):
+    """A policy answered something that is not an answer."""
+
+
+def _checkPolicyAnswer(answer, method: str):
+    """
+    Check the shape of a policy's answer; a wrong one is a policy failure
+    (503), not a bug of ours (500).
+    """
+    if method == "roleFor":
+        if isinstance(answer, bool) or answer not in set(Role):
+            raise _BadPolicyAnswer(f"roleFor answered {answer!r}, not a Role")
+        return Role(answer)
+    if method == "mayRequest":
+        if not isinstance(answer, bool):
+            raise _BadPolicyAnswer(f"mayRequest answered {answer!r}, not True or False")
+        return answer
+    if method == "mayCreate":
+        if answer is not None and not isinstance(answer, ConferenceSettings):
+            raise _BadPolicyAnswer(f"mayCreate answered {answer!r}, not None or settings")
+    return answer
 
 
 def _replaceSettings(settings: ConferenceSettings, **changes) -> ConferenceSettings:

@@ -962,3 +962,49 @@ class MisbehavingPolicyTests(ServerTestCase):
                                       name=name, password="")
         self.assertEqual(joined["status"], 200)
         return client, joined
+
+
+class BadAnswerTests(unittest.TestCase):
+    """A policy that answers nonsense refuses with 503, never 500."""
+
+    @asyncTest
+    async def test_badAnswers(self):
+        from ahoyconference.interfaces import ConferenceSettings, IConferencePolicy
+        from tests.helpers import Client, Server, join
+
+        @implementer(IConferencePolicy)
+        class Nonsense:
+            name = "nonsense"
+
+            def mayCreate(self, client, settings):
+                return "sure"
+
+            def roleFor(self, client, settings, name, password):
+                return {"": None, "a": "admin", "b": 7, "c": True}.get(password, 2)
+
+            def mayRequest(self, client, role, action, settings):
+                return "yes"
+
+        server = await Server(policy=Nonsense()).start()
+        clients = []
+        try:
+            c = await Client.connect(server.url)
+            clients.append(c)
+            r = await c.request("CONFERENCE_CREATE_request", conferenceID="r")
+            self.assertEqual(r["status"], 503)
+            server.service._addConference(ConferenceSettings(conferenceID="r", conferenceName="r"))
+            for password in ("", "a", "b", "c"):
+                c2, r = await join(server.url, conferenceID="r", password=password)
+                clients.append(c2)
+                self.assertEqual(r["status"], 503, password)
+            c3, r = await join(server.url, conferenceID="r", password="ok")
+            clients.append(c3)
+            self.assertEqual((r["status"], r["speaker"], r["moderator"]), (200, True, False))
+            r = await c3.request("CHAT_MESSAGE_request", message={"text": "x"})
+            self.assertEqual(r["status"], 503)
+            self.assertEqual(len(server.service.members), 1)
+            self.assertNotIn(500, server.service.counters["errors"])
+        finally:
+            for client in clients:
+                await client.close()
+            await server.stop()
