@@ -23,6 +23,34 @@ from ahoyconference.web import makeSite
 SUBPROTOCOL = "conference-protocol"
 TIMEOUT = 10.0
 
+#: Every frame any test client received, every log line of the test process,
+#: and every password or token a test client sent: tests.test_zz_secrets
+#: checks that no secret ever shows up in the first two.
+TRANSCRIPT: list[str] = []
+LOGLINES: list[str] = []
+SECRETS: set[str] = set()
+SECRET_FIELDS = ("password", "listenerPassword", "moderatorPassword")
+
+
+def _captureLog(event) -> None:
+    from twisted.logger import formatEvent
+
+    text = formatEvent(event)
+    if text:
+        LOGLINES.append(text)
+    failure = event.get("log_failure")
+    if failure is not None:
+        LOGLINES.append(failure.getTraceback())
+
+
+def _installLogCapture() -> None:
+    from twisted.logger import globalLogPublisher
+
+    globalLogPublisher.addObserver(_captureLog)
+
+
+_installLogCapture()
+
 
 def asyncTest(f):
     """Run an C{async def} test method on the reactor's asyncio loop."""
@@ -145,6 +173,7 @@ class Client:
         try:
             async for text in self.ws:
                 self.raw.append(text)
+                TRANSCRIPT.append(text)
                 self.received.append(json.loads(text))
                 self._arrived.set()
         except websockets.ConnectionClosed:
@@ -162,6 +191,9 @@ class Client:
         """Send a message (a transactionID is added if absent); return its transactionID."""
         message = dict(message)
         message.setdefault("transactionID", f"t-{next(self._ids)}")
+        for name in SECRET_FIELDS:
+            if isinstance(message.get(name), str) and len(message[name]) >= 6:
+                SECRETS.add(message[name])
         await self.ws.send(json.dumps(message))
         return message["transactionID"]
 
