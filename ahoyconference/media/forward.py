@@ -1,0 +1,421 @@
+# -*- test-case-name: tests.test_media_engine -*-
+"""
+The per-packet fast path: one publisher's stream of one kind in, every
+subscriber's copy out (design.md 5 and 9).
+
+An L{InStream} gets each decrypted RTP packet of its publisher as C{bytes}.
+Per packet it reads the fixed header once, keeps the statistics for receiver
+reports, reads the audio level and the mid offset from the header extension,
+keeps video packets in a ring for NACKs, and then for each L{OutStream}
+rewrites marker/payload type, sequence number, timestamp and SSRC (and the
+one-byte mid value) in a C{bytearray} with C{struct.pack_into}, protects it
+with the subscriber's SRTP session and C{sendto}s it on the nominated ICE pair.
+No parse, no task, no coroutine per packet.
+
+An L{InStream} outlives the publisher's peer connections: when the source
+changes (a new peer connection, a new SSRC) or forwarding resumes after a
+moderator mute, every output continues its sequence numbers and timestamps
+where it stopped (L{InStream._rebase}), so subscriptions survive the
+publisher renegotiating.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Callable
+
+from aiortc.rtp import RtcpReceiverInfo, clamp_packets_lost
+
+from ahoyconference.media.speaking import findExtensions
+
+RING_SIZE = 1024
+"""Video packets kept per stream for retransmission on NACK."""
+
+_RING_MASK = RING_SIZE - 1
+_header = struct.Struct("!BBHII").unpack_from
+_rewrite = struct.Struct("!BHII").pack_into
+_u16 = struct.Struct("!H").pack
+_NTP_EPOCH = 2208988800
+
+
+def ntpTime(seconds: float) -> int:
+    """A Unix time as a 64-bit NTP timestamp."""
+    return int((seconds + _NTP_EPOCH) * (1 << 32)) & 0xFFFFFFFFFFFFFFFF
+
+
+def headerLength(data) -> int:
+    """The length of an RTP packet's header: fixed part, CSRCs, extension."""
+    b0 = data[0]
+    length = 12 + 4 * (b0 & 0x0F)
+    if b0 & 0x10:
+        length += 4 + 4 * ((data[length + 2] << 8) | data[length + 3])
+    return length
+
+
+class OutStream:
+    """
+    One subscriber's copy of one publisher's stream of one kind.
+
+    @ivar ssrc: our sender's SSRC, advertised in the subscriber's offer.
+    @ivar pt: the payload type for the publisher's current codec, -1 when
+        the subscriber did not accept that codec (then nothing is sent).
+    @ivar mid: the subscriber's one-byte mid value, written over the
+        publisher's in the mid header extension.
+    @ivar protect: the subscriber's SRTP C{protect}.
+    @ivar sendto: the C{sendto} of the nominated pair's socket transport.
+    @ivar addr: the nominated pair's remote address.
+    """
+
+    __slots__ = (
+        "kind", "ssrc", "rtxSsrc", "ptByKey", "rtxByPt", "pt", "rtxPt", "mid",
+        "protect", "sendto", "addr", "seqDelta", "tsDelta", "startSeq", "startTs",
+        "rtxSeq", "basePackets", "baseOctets", "errors", "retransmitted", "owner",
+    )
+
+    def __init__(self, kind: str, ssrc: int, ptByKey: dict, rtxByPt: dict, rtxSsrc: int | None,
+                 mid: int, protect: Callable, sendto: Callable, addr, owner=None):
+        self.kind = kind
+        self.ssrc = ssrc
+        self.rtxSsrc = rtxSsrc
+        self.ptByKey = ptByKey
+        self.rtxByPt = rtxByPt
+        self.pt = -1
+        self.rtxPt = None
+        self.mid = mid
+        self.protect = protect
+        self.sendto = sendto
+        self.addr = addr
+        self.seqDelta: int | None = None
+        self.tsDelta = 0
+        self.startSeq = random.randrange(0, 0x8000)
+        self.startTs = random.randrange(0, 0x100000000)
+        self.rtxSeq = random.randrange(0, 0x8000)
+        self.basePackets = 0
+        self.baseOctets = 0
+        self.errors = 0
+        self.retransmitted = 0
+        self.owner = owner
+
+
+class InStream:
+    """
+    One publisher's stream of one kind, and the outputs it feeds.
+
+    @ivar enabled: C{False} while a moderator stops forwarding (4.4).
+    @ivar available: media arrived from the current source.
+    @ivar ssrc: the current source's SSRC, C{None} without a source.
+    """
+
+    def __init__(self, publisherID: str, kind: str, now: Callable[[], float],
+                 onAvailable: Callable[[InStream, bool], None] = lambda s, a: None,
+                 onKeyframeNeeded: Callable[[InStream], None] = lambda s: None,
+                 onLevel: Callable[[float, int], None] | None = None,
+                 onSource: Callable[[InStream], None] = lambda s: None):
+        self.publisherID = publisherID
+        self.kind = kind
+        self._now = now
+        self._onAvailable = onAvailable
+        self._onKeyframeNeeded = onKeyframeNeeded
+        self._onSource = onSource
+        self.onLevel = onLevel
+        self.outputs: list[OutStream] = []
+        self.active: list[OutStream] = []
+        self.enabled = True
+        self.available = False
+        self.resync = False
+        # what the current publisher connection negotiated
+        self.codecs: dict[int, tuple] = {}
+        self.clockRates: dict[int, int] = {}
+        self.midId = 0
+        self.levelId = 0
+        # the current source
+        self.ssrc: int | None = None
+        self.pt = -1
+        self.key: tuple | None = None
+        self.clockRate = 90000 if kind == "video" else 48000
+        self.ring: list | None = [None] * RING_SIZE if kind == "video" else None
+        # receive statistics (RFC 3550 A.1, A.3, A.8)
+        self.baseSeq = 0
+        self.maxSeq = 0
+        self.cycles = 0
+        self.received = 0
+        self.expectedPrior = 0
+        self.receivedPrior = 0
+        self.transit = 0.0
+        self.jitter = 0.0
+        # the last sender report of the source, or the first packet as a stand-in
+        self.refNtp = 0.0
+        self.refRtp = 0
+        self.refLocal = 0.0
+        self.lsr = 0
+        self.lsrLocal: float | None = None
+        # what was last forwarded (for continuity)
+        self.fwdSeq: int | None = None
+        self.fwdTs = 0
+        self.fwdTime = 0.0
+        # counters
+        self.fwdIn = 0
+        self.fwdInOctets = 0
+        self.fwdPackets = 0
+        self.fwdOctets = 0
+        self.dropped = 0
+
+    # -- configuration ------------------------------------------------------
+
+    def configure(self, codecs: dict[int, tuple], clockRates: dict[int, int],
+                  midId: int, levelId: int) -> None:
+        """A publisher connection's negotiated codecs and extension ids."""
+        self.codecs = dict(codecs)
+        self.clockRates = dict(clockRates)
+        self.midId = midId
+        self.levelId = levelId
+        self.pt = -1  # next packet takes the slow path
+
+    def attach(self, out: OutStream) -> None:
+        """Start feeding an output (its subscriber's DTLS is connected)."""
+        if self.ssrc is not None:
+            out.seqDelta = (out.startSeq - self.maxSeq - 1) & 0xFFFF
+            ref = self.fwdTs if self.fwdSeq is not None else self.refRtp
+            out.tsDelta = (out.startTs - ref) & 0xFFFFFFFF
+        out.basePackets = self.fwdIn
+        out.baseOctets = self.fwdInOctets
+        self.outputs.append(out)
+        self._remap()
+        if self.kind == "video":
+            self._onKeyframeNeeded(self)
+
+    def detach(self, out: OutStream) -> None:
+        """Stop feeding an output."""
+        if out in self.outputs:
+            self.outputs.remove(out)
+            self._remap()
+
+    def setEnabled(self, enabled: bool) -> None:
+        """Stop or resume forwarding; resuming continues every output's numbering."""
+        if enabled and not self.enabled:
+            self.resync = True
+            self.pt = -1
+        self.enabled = enabled
+
+    def sourceGone(self) -> None:
+        """The publisher's connection closed: the next packet is a new source."""
+        self.ssrc = None
+        self.pt = -1
+        self.resync = True
+
+    def _remap(self) -> None:
+        key = self.key
+        active = []
+        for o in self.outputs:
+            pt = o.ptByKey.get(key, -1) if key is not None else -1
+            o.pt = pt
+            o.rtxPt = o.rtxByPt.get(pt) if pt >= 0 else None
+            if pt >= 0:
+                active.append(o)
+        self.active = active
+
+    # -- the packet path ----------------------------------------------------
+
+    def packet(self, data: bytes) -> None:
+        """One decrypted RTP packet from the publisher."""
+        b0, b1, seq, ts, ssrc = _header(data)
+        if ssrc != self.ssrc or (b1 & 0x7F) != self.pt:
+            if not self._newSource(ssrc, b1 & 0x7F, seq, ts):
+                return
+        now = self._now()
+        # receive statistics
+        delta = (seq - self.maxSeq) & 0xFFFF
+        if 0 < delta < 0x8000:
+            if seq < self.maxSeq:
+                self.cycles += 0x10000
+            self.maxSeq = seq
+        self.received += 1
+        transit = now * self.clockRate - ts
+        d = transit - self.transit
+        self.transit = transit
+        if d < 0:
+            d = -d
+        if d < self.clockRate:
+            self.jitter += (d - self.jitter) * 0.0625
+        # header extensions: the mid to rewrite, the audio level
+        midOffset = 0
+        if b0 & 0x10:
+            midOffset, level = findExtensions(data, self.midId, self.levelId)
+            if level >= 0 and self.onLevel is not None:
+                self.onLevel(now, level)
+        if self.ring is not None:
+            self.ring[seq & _RING_MASK] = data
+        if not self.enabled:
+            return
+        self.fwdSeq = seq
+        self.fwdTs = ts
+        self.fwdTime = now
+        self.fwdIn += 1
+        self.fwdInOctets += len(data) - 12
+        outs = self.active
+        if not outs:
+            return
+        b = bytearray(data)
+        marker = b1 & 0x80
+        for o in outs:
+            _rewrite(b, 1, marker | o.pt, (seq + o.seqDelta) & 0xFFFF,
+                     (ts + o.tsDelta) & 0xFFFFFFFF, o.ssrc)
+            if midOffset:
+                b[midOffset] = o.mid
+            try:
+                o.sendto(o.protect(bytes(b)), o.addr)
+            except Exception:  # SRTP or socket trouble: count it, never raise into aioice
+                o.errors += 1
+        n = len(outs)
+        self.fwdPackets += n
+        self.fwdOctets += n * len(data)
+
+    def _newSource(self, ssrc: int, pt: int, seq: int, ts: int) -> bool:
+        key = self.codecs.get(pt)
+        if key is None:
+            self.dropped += 1
+            return False
+        now = self._now()
+        newSource = ssrc != self.ssrc
+        if newSource:
+            self.ssrc = ssrc
+            self.baseSeq = seq
+            self.maxSeq = seq
+            self.cycles = 0
+            self.received = 0
+            self.expectedPrior = 0
+            self.receivedPrior = 0
+            self.jitter = 0.0
+            self.transit = now * self.clockRates.get(pt, self.clockRate) - ts
+            self.refNtp = now
+            self.refRtp = ts
+            self.refLocal = now
+            self.lsr = 0
+            self.lsrLocal = None
+            if self.ring is not None:
+                self.ring = [None] * RING_SIZE
+        if pt != self.pt:
+            self.pt = pt
+            self.clockRate = self.clockRates.get(pt, self.clockRate)
+            if key != self.key:
+                self.key = key
+                self._remap()
+        if newSource or self.resync:
+            self._rebase(seq, ts, now)
+            self.resync = False
+            if self.kind == "video":
+                self._onKeyframeNeeded(self)
+        if newSource:
+            self._onSource(self)
+        if not self.available:
+            self.available = True
+            self._onAvailable(self, True)
+        return True
+
+    def _rebase(self, seq: int, ts: int, now: float) -> None:
+        """Continue every output's numbering from what it last sent."""
+        for o in self.outputs:
+            if o.seqDelta is None or self.fwdSeq is None:
+                o.seqDelta = (o.startSeq - seq) & 0xFFFF
+                o.tsDelta = (o.startTs - ts) & 0xFFFFFFFF
+            else:
+                lastSeq = (self.fwdSeq + o.seqDelta) & 0xFFFF
+                lastTs = (self.fwdTs + o.tsDelta) & 0xFFFFFFFF
+                gap = max(1, int((now - self.fwdTime) * self.clockRate))
+                o.seqDelta = (lastSeq + 1 - seq) & 0xFFFF
+                o.tsDelta = (lastTs + gap - ts) & 0xFFFFFFFF
+        if self.fwdSeq is not None:
+            self.fwdSeq = (seq - 1) & 0xFFFF
+            self.fwdTs = ts
+            self.fwdTime = now
+
+    # -- RTCP ---------------------------------------------------------------
+
+    def senderReport(self, ssrc: int, ntp: int, rtp: int) -> None:
+        """The publisher's sender report for this stream."""
+        if ssrc != self.ssrc:
+            return
+        now = self._now()
+        self.refNtp = ntp / (1 << 32) - _NTP_EPOCH
+        self.refRtp = rtp
+        self.refLocal = now
+        self.lsr = (ntp >> 16) & 0xFFFFFFFF
+        self.lsrLocal = now
+
+    def receiverInfo(self) -> RtcpReceiverInfo | None:
+        """The report block about the current source, for our RR to the publisher."""
+        if self.ssrc is None or not self.received:
+            return None
+        extMax = self.cycles + self.maxSeq
+        expected = extMax - self.baseSeq + 1
+        lost = expected - self.received
+        expectedInterval = expected - self.expectedPrior
+        receivedInterval = self.received - self.receivedPrior
+        self.expectedPrior = expected
+        self.receivedPrior = self.received
+        lostInterval = expectedInterval - receivedInterval
+        fraction = 0
+        if expectedInterval > 0 and lostInterval > 0:
+            fraction = min(255, (lostInterval << 8) // expectedInterval)
+        dlsr = 0
+        if self.lsrLocal is not None:
+            dlsr = min(0xFFFFFFFF, int((self._now() - self.lsrLocal) * 65536))
+        return RtcpReceiverInfo(
+            ssrc=self.ssrc, fraction_lost=fraction, packets_lost=clamp_packets_lost(lost),
+            highest_sequence=extMax & 0xFFFFFFFF, jitter=int(self.jitter) & 0xFFFFFFFF,
+            lsr=self.lsr, dlsr=dlsr)
+
+    def senderInfo(self, out: OutStream) -> tuple[int, int, int, int] | None:
+        """
+        C{(ntp, rtp, packets, octets)} for a sender report on C{out}: the
+        source's clock mapping (from its sender report, or its first packet)
+        carried forward to now and into the output's timestamp space.
+        """
+        if self.ssrc is None or out.seqDelta is None:
+            return None
+        now = self._now()
+        elapsed = now - self.refLocal
+        rtp = (self.refRtp + int(elapsed * self.clockRate) + out.tsDelta) & 0xFFFFFFFF
+        return (ntpTime(self.refNtp + elapsed), rtp, self.fwdIn - out.basePackets,
+                self.fwdInOctets - out.baseOctets)
+
+    def retransmit(self, out: OutStream, sequenceNumbers) -> int:
+        """
+        Answer a subscriber's NACK from the ring: as RTX when the subscriber
+        negotiated it, else the packet again.
+
+        @return: how many packets were sent.
+        """
+        if self.ring is None or out.seqDelta is None or not self.enabled or out.pt < 0:
+            return 0
+        sent = 0
+        for outSeq in sequenceNumbers:
+            inSeq = (outSeq - out.seqDelta) & 0xFFFF
+            data = self.ring[inSeq & _RING_MASK]
+            if data is None:
+                continue
+            b0, b1, seq, ts, ssrc = _header(data)
+            if seq != inSeq or ssrc != self.ssrc:
+                continue
+            b = bytearray(data)
+            outTs = (ts + out.tsDelta) & 0xFFFFFFFF
+            midOffset, _ = findExtensions(data, self.midId, 0)
+            if midOffset:
+                b[midOffset] = out.mid
+            if out.rtxPt is not None and out.rtxSsrc is not None:
+                _rewrite(b, 1, (b1 & 0x80) | out.rtxPt, out.rtxSeq, outTs, out.rtxSsrc)
+                out.rtxSeq = (out.rtxSeq + 1) & 0xFFFF
+                length = headerLength(data)
+                packet = bytes(b[:length]) + _u16(outSeq & 0xFFFF) + bytes(b[length:])
+            else:
+                _rewrite(b, 1, (b1 & 0x80) | out.pt, outSeq & 0xFFFF, outTs, out.ssrc)
+                packet = bytes(b)
+            try:
+                out.sendto(out.protect(packet), out.addr)
+            except Exception:
+                out.errors += 1
+                continue
+            sent += 1
+        out.retransmitted += sent
+        return sent

@@ -1,0 +1,89 @@
+# -*- test-case-name: tests.test_media_hooks -*-
+"""
+The C{[ice]} settings applied to aiortc and aioice (design.md 6).
+
+ - L{rtcConfiguration}: always an explicit C{RTCConfiguration} whose
+   C{iceServers} come from the config (none by default: aiortc would
+   otherwise ask a public STUN server), with max-bundle.
+ - L{installHostAddresses}: C{host_addresses} applied by wrapping
+   C{aioice.ice.get_host_addresses} (a private API; tests.test_media_hooks
+   fails loudly if it moves).  aioice skips loopback when it gathers, which
+   is why tests need this to use 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+import aioice.ice
+from aiortc import RTCConfiguration, RTCIceServer
+from aiortc.rtcconfiguration import RTCBundlePolicy
+
+from ahoyconference.config import IceSettings
+
+
+def iceServers(settings: IceSettings) -> list[RTCIceServer]:
+    """The STUN/TURN servers of the config as aiortc's L{RTCIceServer}s."""
+    return [
+        RTCIceServer(
+            urls=server["urls"],
+            username=server.get("username"),
+            credential=server.get("credential"),
+        )
+        for server in settings.servers
+    ]
+
+
+def rtcConfiguration(settings: IceSettings) -> RTCConfiguration:
+    """The configuration every server-side peer connection is made with."""
+    return RTCConfiguration(
+        iceServers=iceServers(settings), bundlePolicy=RTCBundlePolicy.MAX_BUNDLE
+    )
+
+
+_stack: list[tuple[str, ...]] = []
+_original: Callable | None = None
+
+
+def _hostAddresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    if not _stack:
+        return _original(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+    result = []
+    for address in _stack[-1]:
+        version = ipaddress.ip_address(address).version
+        if (version == 4 and use_ipv4) or (version == 6 and use_ipv6):
+            result.append(address)
+    return result
+
+
+def installHostAddresses(addresses: tuple[str, ...]) -> Callable[[], None]:
+    """
+    Make aioice gather host candidates on exactly these addresses.
+
+    The wrapper stays installed while any caller needs it; the newest
+    caller's addresses apply.  An empty tuple changes nothing.
+
+    @return: a function that undoes this call.
+    """
+    global _original
+    if not addresses:
+        return lambda: None
+    for address in addresses:
+        ipaddress.ip_address(address)  # ValueError for a typo, at start-up
+    if aioice.ice.get_host_addresses is not _hostAddresses:
+        _original = aioice.ice.get_host_addresses
+        aioice.ice.get_host_addresses = _hostAddresses
+    entry = tuple(addresses)
+    _stack.append(entry)
+    done = []
+
+    def uninstall() -> None:
+        if done:
+            return
+        done.append(True)
+        _stack.remove(entry)
+        if not _stack and aioice.ice.get_host_addresses is _hostAddresses:
+            aioice.ice.get_host_addresses = _original
+
+    return uninstall

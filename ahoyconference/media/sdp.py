@@ -1,0 +1,217 @@
+# -*- test-case-name: tests.test_sdp -*-
+"""
+SDP edits and checks for the media engine.
+
+The server makes every offer (protocol.md 3.1, 3.2) with aiortc, so payload
+types and header-extension ids are aiortc's on every connection.  What this
+module does to the text:
+
+ - L{addBandwidth}: C{b=AS}/C{b=TIAS} in the video section of a publish offer
+   (protocol.md 4.5); aiortc's SDP printer drops bandwidth lines, so they are
+   added to the text.
+ - L{advertiseAddress}: a 1:1 NAT's public address instead of private host
+   candidates (C{[ice] public_address}).
+ - L{checkAnswer}: an answer is parsed and compared with our offer before
+   anything is applied; an unusable one raises L{ProtocolError}(488).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from aiortc import sdp as aiosdp
+from aiortc.codecs import is_rtx
+from aiortc.rtcpeerconnection import is_codec_compatible
+
+from ahoyconference.interfaces import ProtocolError
+
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+
+_SEND_DIRECTIONS = {"publisher": ("sendonly", "sendrecv", "inactive"),
+                    "subscriber": ("recvonly", "sendrecv", "inactive")}
+
+
+def codecKey(codec) -> tuple:
+    """
+    What identifies a codec across two negotiations, whatever its payload type.
+
+    @param codec: an C{RTCRtpCodecParameters} (or capability).
+    """
+    params = codec.parameters or {}
+    return (
+        codec.mimeType.lower(),
+        codec.clockRate,
+        str(params.get("packetization-mode", "")),
+        str(params.get("profile-level-id", "")).lower(),
+    )
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in re.split(r"\r?\n", text) if line]
+
+
+def addBandwidth(sdp: str, kind: str, kbps: int) -> str:
+    """
+    Add C{b=AS:kbps} and C{b=TIAS:bps} to every C{m=kind} section.
+
+    They go after the section's C{c=} line (RFC 4566 order: m, i, c, b, a),
+    or straight after the C{m=} line when it has none.  Existing C{b=} lines
+    of those sections are replaced.
+    """
+    out: list[str] = []
+    inKind = False
+    pending = False
+    bandwidth = [f"b=AS:{int(kbps)}", f"b=TIAS:{int(kbps) * 1000}"]
+    for line in _lines(sdp):
+        if line.startswith("m="):
+            if pending:
+                out.extend(bandwidth)
+            inKind = line.startswith(f"m={kind} ")
+            pending = inKind
+            out.append(line)
+            continue
+        if inKind and line.startswith("b="):
+            continue
+        if pending and not (line.startswith("i=") or line.startswith("c=")):
+            out.extend(bandwidth)
+            pending = False
+        out.append(line)
+    if pending:
+        out.extend(bandwidth)
+    return "\r\n".join(out) + "\r\n"
+
+
+def _isPrivate(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return ip.is_private and not ip.is_loopback and not ip.is_link_local
+
+
+def advertiseAddress(sdp: str, publicAddress: str | None) -> str:
+    """
+    Replace private addresses of host candidates (and of C{c=} lines) with
+    C{publicAddress}, for a server behind a 1:1 NAT.  Loopback and public
+    addresses, and candidates of the other IP version, stay as they are.
+    """
+    if not publicAddress:
+        return sdp
+    version = ipaddress.ip_address(publicAddress).version
+    family = "IP4" if version == 4 else "IP6"
+
+    def sameVersion(address: str) -> bool:
+        try:
+            return ipaddress.ip_address(address).version == version
+        except ValueError:
+            return False
+
+    out = []
+    for line in _lines(sdp):
+        if line.startswith("a=candidate:"):
+            bits = line.split(" ")
+            if len(bits) >= 8 and bits[7] == "host" and _isPrivate(bits[4]) \
+                    and sameVersion(bits[4]):
+                bits[4] = publicAddress
+                line = " ".join(bits)
+        elif line.startswith("c=IN "):
+            bits = line.split(" ")
+            if len(bits) == 3 and _isPrivate(bits[2]) and sameVersion(bits[2]):
+                line = f"c=IN {family} {publicAddress}"
+        out.append(line)
+    return "\r\n".join(out) + "\r\n"
+
+
+@dataclass
+class NegotiatedMedia:
+    """
+    What an accepted answer says of one m-section.
+
+    @ivar codecs: payload type -> L{codecKey} of every common codec (not RTX).
+    @ivar clockRates: payload type -> clock rate.
+    @ivar rtx: payload type of a codec -> payload type of its RTX.
+    @ivar extensions: header-extension URI -> id.
+    """
+
+    kind: str
+    mid: str
+    direction: str
+    codecs: dict[int, tuple] = field(default_factory=dict)
+    clockRates: dict[int, int] = field(default_factory=dict)
+    rtx: dict[int, int] = field(default_factory=dict)
+    extensions: dict[str, int] = field(default_factory=dict)
+    ssrcs: list[int] = field(default_factory=list)
+
+
+def _refuse(detail: str):
+    raise ProtocolError(488, detail=detail)
+
+
+def checkAnswer(offer: str, answer: object, side: str) -> list[NegotiatedMedia]:
+    """
+    Check an answer against our offer before it is applied.
+
+    @param offer: the SDP we sent.
+    @param answer: what the client answered.
+    @param side: C{"publisher"} (the client sends) or C{"subscriber"}.
+    @return: one L{NegotiatedMedia} per m-section.
+    @raise ProtocolError: 488 when the answer is unparsable, does not match the
+        offer's sections, lacks ICE or DTLS parameters, rejects a section, or
+        has no codec in common with the offer in a section.
+    """
+    if not isinstance(answer, str) or not answer.strip().startswith("v="):
+        _refuse("not an SDP")
+    try:
+        parsedOffer = aiosdp.SessionDescription.parse(offer)
+        parsed = aiosdp.SessionDescription.parse(answer)
+    except Exception as e:  # aiortc's parser raises many kinds (assert, KeyError, ...)
+        _refuse(f"unparsable SDP ({e.__class__.__name__})")
+    offered = [(m.kind, m.rtp.muxId) for m in parsedOffer.media]
+    answered = [(m.kind, m.rtp.muxId) for m in parsed.media]
+    if not answered:
+        _refuse("no media section")
+    if answered != offered:
+        _refuse("media sections do not match the offer")
+    result = []
+    for ours, theirs in zip(parsedOffer.media, parsed.media, strict=True):
+        what = f"{theirs.kind} section"
+        if theirs.port == 0:
+            _refuse(f"{what} rejected")
+        if not theirs.ice or not theirs.ice.usernameFragment or not theirs.ice.password:
+            _refuse(f"{what}: no ICE credentials")
+        if not theirs.dtls or not theirs.dtls.fingerprints:
+            _refuse(f"{what}: no DTLS fingerprint")
+        if theirs.dtls.role not in ("client", "server"):
+            _refuse(f"{what}: DTLS setup must be active or passive")
+        if not theirs.rtcp_mux:
+            _refuse(f"{what}: no rtcp-mux")
+        direction = theirs.direction or "sendrecv"
+        if direction not in _SEND_DIRECTIONS[side]:
+            _refuse(f"{what}: direction {direction} does not fit the offer")
+        media = NegotiatedMedia(kind=theirs.kind, mid=theirs.rtp.muxId, direction=direction)
+        base = {}
+        for codec in theirs.rtp.codecs:
+            if is_rtx(codec):
+                continue
+            mine = next((c for c in ours.rtp.codecs
+                         if not is_rtx(c) and is_codec_compatible(c, codec)), None)
+            if mine is not None:
+                media.codecs[codec.payloadType] = codecKey(mine)
+                media.clockRates[codec.payloadType] = codec.clockRate
+                base[codec.payloadType] = codec
+        if not media.codecs:
+            _refuse(f"{what}: no codec in common with the offer")
+        for codec in theirs.rtp.codecs:
+            apt = codec.parameters.get("apt") if is_rtx(codec) else None
+            if isinstance(apt, int) and apt in base:
+                media.rtx[apt] = codec.payloadType
+        offeredUris = {e.uri for e in ours.rtp.headerExtensions}
+        for ext in theirs.rtp.headerExtensions:
+            if ext.uri in offeredUris:
+                media.extensions[ext.uri] = ext.id
+        media.ssrcs = [s.ssrc for s in theirs.ssrc]
+        result.append(media)
+    return result

@@ -1,0 +1,115 @@
+# -*- test-case-name: tests.test_media_e2e -*-
+"""
+Media end to end through the real server: WebSocket clients (L{tests.helpers})
+signal, real aiortc peers (L{tests.mediaclients}) send and receive on
+loopback, the server runs L{ahoyconference.media.engine.AiortcMediaEngine}.
+
+Run with C{trial --reactor=asyncio}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from tests.helpers import Server, asyncTest, createAndJoin, join
+from tests.mediaclients import Publisher, Subscriber, waitFor
+from tests.test_media_engine import loopbackOnly
+
+
+class MediaThroughServerTests(TestCase):
+    """Share, subscribe, see and hear, moderator mute, speaking, leave."""
+
+    timeout = 120
+
+    def setUp(self):
+        loopbackOnly(self)
+
+    @asyncTest
+    async def test_shareSubscribeMuteLeave(self):
+        """
+        Alice shares; Bob, told by C{MEDIA_indication}, asks for her media,
+        decodes her moving picture and her tone, sees her speaking; a
+        moderator's mute stops her video for him; when she leaves, the engine
+        frees her peer connection.
+        """
+        server = await Server(engine="aiortc").start()
+        peers = []
+
+        async def cleanup():
+            for peer in peers:
+                await peer.close()
+            await server.stop()
+
+        self.addCleanup(lambda: Deferred.fromFuture(asyncio.ensure_future(cleanup())))
+        engine = server.service.engine
+        alice, joinedAlice = await createAndJoin(server.url, "room", "alice")
+        bob, _ = await join(server.url, "room", "bob")
+        aliceID = joinedAlice["memberID"]
+
+        response = await alice.request("MEDIA_SHARE_request", audio=True, video=True,
+                                       maxVideoBitrate=300)
+        self.assertEqual(response["status"], 200)
+        offer = await alice.expect("MEDIA_RECEIVE_request")
+        self.assertIn("b=AS:300", offer["sdp"])
+        publisher = Publisher(tag=11)
+        peers.append(publisher)
+        await alice.send({"messageType": "MEDIA_RECEIVE_response", "status": 200,
+                          "reason": "OK", "sdp": await publisher.answer(offer["sdp"]),
+                          "transactionID": offer["transactionID"]})
+
+        # Bob learns that her media arrived, then subscribes
+        while True:
+            indication = await bob.expect("MEDIA_indication")
+            if indication["member"]["memberID"] == aliceID and \
+                    indication["video"]["available"] and indication["audio"]["available"]:
+                break
+        response = await bob.request("MEDIA_request", members=[
+            {"memberID": aliceID, "audio": True, "video": True}])
+        self.assertEqual(response["status"], 200)
+        request = await bob.expect("SDP_request", transactionID=aliceID)
+        self.assertEqual(request["member"]["memberID"], aliceID)
+        subscriber = Subscriber()
+        peers.append(subscriber)
+        await bob.send({"messageType": "SDP_response", "status": 200, "reason": "OK",
+                        "sdp": await subscriber.answer(request["sdp"]),
+                        "transactionID": aliceID})
+
+        await waitFor(lambda: len({n for t, n, ok in subscriber.frames if t == 11}) >= 15,
+                      what="Alice's pictures at Bob")
+        await waitFor(lambda: len(subscriber.audio) >= 50, what="Alice's tone at Bob")
+        self.assertEqual({t for t, n, ok in subscriber.frames}, {11})
+        self.assertTrue(all(ok for t, n, ok in subscriber.frames))
+        self.assertTrue({n for t, n, ok in subscriber.frames} <= set(publisher.video.sent))
+        frequency, rms = subscriber.tone()
+        self.assertTrue(425 < frequency < 455 and rms > 1000, (frequency, rms))
+        while True:
+            indication = await bob.expect("MEDIA_indication")
+            if indication["member"]["memberID"] == aliceID and \
+                    indication["audio"].get("speaking"):
+                break
+
+        # a moderator (everyone is, in a room without passwords) mutes her video
+        response = await bob.request("MEDIA_MUTE_request", memberID=aliceID, video=True)
+        self.assertEqual(response["status"], 200)
+        videoSsrc = subscriber.offeredVideoSsrcs()[0]
+        await asyncio.sleep(0.3)
+        before = subscriber.ssrcs[videoSsrc]
+        audioBefore = sum(subscriber.ssrcs.values()) - before
+        # audio goes on (half a second of it and at least a second), video does not
+        started = asyncio.get_running_loop().time()
+        await waitFor(lambda: sum(subscriber.ssrcs.values()) - subscriber.ssrcs[videoSsrc]
+                      >= audioBefore + 25
+                      and asyncio.get_running_loop().time() - started >= 1.0,
+                      what="audio while video is muted")
+        self.assertEqual(subscriber.ssrcs[videoSsrc], before)
+
+        # she leaves: Bob is told, the engine frees her connection and his subscription
+        await alice.close()
+        await bob.expect("CONFERENCE_LEAVE_indication")
+        await waitFor(lambda: not engine.stats()["peer_connections"], what="connections freed")
+        self.assertEqual(engine.stats()["publishers"], 0)
+        self.assertEqual(engine.stats()["subscriptions"], 0)
+        await bob.close()
