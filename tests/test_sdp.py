@@ -162,3 +162,21 @@ class CodecKeyTests(TestCase):
             "packetization-mode": "1", "profile-level-id": "42e01f"})
         self.assertNotEqual(sdp.codecKey(a), sdp.codecKey(b))
         self.assertEqual(sdp.codecKey(b), sdp.codecKey(c))
+
+
+class MdnsTests(TestCase):
+    """Browsers' mDNS host candidates are dropped; the rest stays."""
+
+    def test_dropMdnsCandidates(self):
+        from ahoyconference.media.sdp import dropMdnsCandidates
+
+        sdp = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+               "a=candidate:1 1 udp 2122260223 3f1c2a4e-1b2c-4d5e-8f90-123456789abc.local "
+               "54321 typ host generation 0\r\n"
+               "a=candidate:2 1 udp 2122260223 127.0.0.1 50000 typ host\r\n"
+               "a=end-of-candidates\r\n")
+        out = dropMdnsCandidates(sdp)
+        self.assertNotIn(".local", out)
+        self.assertIn("127.0.0.1 50000 typ host", out)
+        self.assertIn("a=end-of-candidates", out)
+        self.assertTrue(out.endswith("\r\n"))

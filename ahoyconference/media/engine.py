@@ -536,7 +536,8 @@ class AiortcMediaEngine:
         dtls._handle_rtp_data = handleRtp
         dtls._handle_rtcp_data = handleRtcp
         try:
-            await conn.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+            await conn.pc.setRemoteDescription(
+                RTCSessionDescription(sdp=_sdp.dropMdnsCandidates(sdp), type="answer"))
         except Exception as e:
             _log.info("publish answer of {member_id} refused: {error}",
                       member_id=_short(memberID), error=e)
@@ -772,7 +773,8 @@ class AiortcMediaEngine:
         dtls._handle_rtp_data = handleRtp
         dtls._handle_rtcp_data = handleRtcp
         try:
-            await sub.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+            await sub.pc.setRemoteDescription(
+                RTCSessionDescription(sdp=_sdp.dropMdnsCandidates(sdp), type="answer"))
         except Exception as e:
             _log.info("answer for the {what} refused: {error}", what=sub.describe(), error=e)
             raise ProtocolError(488, detail=str(e))

@@ -84,6 +84,23 @@ def addBandwidth(sdp: str, kind: str, kbps: int) -> str:
     return "\r\n".join(out) + "\r\n"
 
 
+def dropMdnsCandidates(sdp: str) -> str:
+    """
+    Remove candidates whose address is an mDNS name (C{….local}), as browsers
+    send for their host candidates.  Resolving them would mean multicast
+    queries from the server; the browser's connectivity checks tell us its
+    address anyway (a peer-reflexive candidate, RFC 8445 7.3.1.3).
+    """
+    out = []
+    for line in _lines(sdp):
+        if line.startswith("a=candidate:"):
+            bits = line.split(" ")
+            if len(bits) >= 5 and bits[4].lower().endswith(".local"):
+                continue
+        out.append(line)
+    return "\r\n".join(out) + "\r\n"
+
+
 def _isPrivate(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address)
