@@ -113,3 +113,48 @@ class MediaThroughServerTests(TestCase):
         self.assertEqual(engine.stats()["publishers"], 0)
         self.assertEqual(engine.stats()["subscriptions"], 0)
         await bob.close()
+
+
+class MdnsCandidateTests(TestCase):
+    """
+    Browsers hide their host address behind an mDNS name (C{….local}); the
+    server drops such candidates and learns the address from the client's
+    connectivity checks (peer-reflexive), design.md 7.
+    """
+
+    timeout = 120
+
+    def setUp(self):
+        loopbackOnly(self)
+
+    @asyncTest
+    async def test_publishWithOnlyMdnsCandidates(self):
+        import re
+
+        server = await Server(engine="aiortc").start()
+        publisher = Publisher(tag=5)
+
+        async def cleanup():
+            await publisher.close()
+            await server.stop()
+
+        self.addCleanup(lambda: Deferred.fromFuture(asyncio.ensure_future(cleanup())))
+        alice, joined = await createAndJoin(server.url, "room", "alice")
+        bob, _ = await join(server.url, "room", "bob")
+        await alice.request("MEDIA_SHARE_request", audio=True, video=True)
+        offer = await alice.expect("MEDIA_RECEIVE_request")
+        answer = await publisher.answer(offer["sdp"])
+        hidden, count = re.subn(r"(a=candidate:\S+ \d+ \S+ \d+ )127\.0\.0\.1( )",
+                                r"\g<1>6f2b1c7e-0d4a-4a49-9c1e-5b3f0e6d2a11.local\g<2>", answer)
+        self.assertGreater(count, 0)
+        self.assertNotIn("127.0.0.1 ", "\n".join(
+            line for line in hidden.splitlines() if line.startswith("a=candidate")))
+        await alice.send({"messageType": "MEDIA_RECEIVE_response", "status": 200, "reason": "OK",
+                          "sdp": hidden, "transactionID": offer["transactionID"]})
+        while True:
+            indication = await bob.expect("MEDIA_indication", timeout=30)
+            if indication["member"]["memberID"] == joined["memberID"] and \
+                    indication["video"]["available"]:
+                break
+        await alice.close()
+        await bob.close()

@@ -178,5 +178,7 @@ class MdnsTests(TestCase):
         out = dropMdnsCandidates(sdp)
         self.assertNotIn(".local", out)
         self.assertIn("127.0.0.1 50000 typ host", out)
-        self.assertIn("a=end-of-candidates", out)
+        self.assertNotIn("a=end-of-candidates", out)  # ICE waits for peer-reflexive pairs
         self.assertTrue(out.endswith("\r\n"))
+        plain = sdp.replace("3f1c2a4e-1b2c-4d5e-8f90-123456789abc.local", "127.0.0.2")
+        self.assertEqual(dropMdnsCandidates(plain), plain)

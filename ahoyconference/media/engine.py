@@ -504,8 +504,8 @@ class AiortcMediaEngine:
             offer = _sdp.addBandwidth(offer, "video", pub.cap)
         offer = _sdp.advertiseAddress(offer, self._iceSettings.public_address)
         conn.offerSdp = offer
-        _log.debug("publish offer for {member_id}:\n{sdp}", member_id=_short(memberID),
-                   sdp=offer)
+        _log.debug("publish offer for {member_id} ({size} bytes of SDP)",
+                   member_id=_short(memberID), size=len(offer))
         return offer
 
     def acceptPublishAnswer(self, memberID, sdp):
@@ -523,7 +523,8 @@ class AiortcMediaEngine:
         conn = pub.pending if pub is not None else None
         if conn is None or conn.closed:
             raise ProtocolError(409, detail="no publish offer outstanding")
-        _log.debug("publish answer from {member_id}:\n{sdp}", member_id=_short(memberID), sdp=sdp)
+        _log.debug("publish answer from {member_id} ({size} bytes of SDP)",
+                   member_id=_short(memberID), size=len(sdp))
         negotiated = _sdp.checkAnswer(conn.offerSdp, sdp, "publisher")
         dtls = conn.dtls
 
@@ -743,7 +744,8 @@ class AiortcMediaEngine:
             raise ProtocolError(409, detail="subscription superseded")
         offer = _sdp.advertiseAddress(pc.localDescription.sdp, self._iceSettings.public_address)
         sub.offerSdp = offer
-        _log.debug("subscribe offer for {what}:\n{sdp}", what=sub.describe(), sdp=offer)
+        _log.debug("subscribe offer for {what} ({size} bytes of SDP)", what=sub.describe(),
+                   size=len(offer))
         return offer
 
     def acceptSubscribeAnswer(self, subscriberID, publisherID, sdp):
@@ -760,7 +762,8 @@ class AiortcMediaEngine:
         sub = self._subscriptions.get((subscriberID, publisherID))
         if sub is None or sub.answered or not sub.offerSdp or sub.closed:
             raise ProtocolError(409, detail="no subscribe offer outstanding")
-        _log.debug("subscribe answer for {what}:\n{sdp}", what=sub.describe(), sdp=sdp)
+        _log.debug("subscribe answer for {what} ({size} bytes of SDP)", what=sub.describe(),
+                   size=len(sdp))
         negotiated = _sdp.checkAnswer(sub.offerSdp, sdp, "subscriber")
         dtls = sub.dtls
 

@@ -89,15 +89,22 @@ def dropMdnsCandidates(sdp: str) -> str:
     Remove candidates whose address is an mDNS name (C{….local}), as browsers
     send for their host candidates.  Resolving them would mean multicast
     queries from the server; the browser's connectivity checks tell us its
-    address anyway (a peer-reflexive candidate, RFC 8445 7.3.1.3).
+    address anyway (a peer-reflexive candidate, RFC 8445 7.3.1.3).  When a
+    candidate was dropped, C{a=end-of-candidates} goes too, so that ICE keeps
+    waiting for those checks instead of failing at once for want of pairs
+    (the engine's ICE timeout still bounds the wait).
     """
     out = []
+    dropped = False
     for line in _lines(sdp):
         if line.startswith("a=candidate:"):
             bits = line.split(" ")
             if len(bits) >= 5 and bits[4].lower().endswith(".local"):
+                dropped = True
                 continue
         out.append(line)
+    if dropped:
+        out = [line for line in out if line != "a=end-of-candidates"]
     return "\r\n".join(out) + "\r\n"
 
 
