@@ -75,7 +75,7 @@ class Config:
     rooms: tuple[ConferenceSettings, ...] = ()
     metrics_enabled: bool = True
     metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")
-    log_format: str = "text"
+    log_level: str = "info"
     path: str | None = None
 
     def replace(self, **changes: Any) -> Config:
@@ -108,7 +108,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "ports": ((list,), None),
         "allowed_origins": ((list,), None),
         "ip_to_everyone": ((bool,), None),
-        "log_format": ((str,), None),
+        "log_level": ((str,), None),
     },
     "limits": {
         name: ((_INT if isinstance(default, int) else _NUM), 0)
@@ -220,9 +220,11 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
         if unknown:
             _fail(path, "[ice] servers", f"unknown key {sorted(unknown)[0]!r}")
 
-    logFormat = server.get("log_format", "text")
-    if logFormat not in ("text", "json"):
-        _fail(path, "[server] log_format", f"must be 'text' or 'json', not {logFormat!r}")
+
+    logLevel = server.get("log_level", "info")
+    if logLevel not in ("debug", "info", "warn", "error", "critical"):
+        _fail(path, "[server] log_level",
+              f"must be one of debug, info, warn, error, critical, not {logLevel!r}")
 
     policy = data.get("policy", {})
     if not isinstance(policy, dict):
@@ -256,7 +258,7 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
         rooms=roomSettings,
         metrics_enabled=metrics.get("enabled", True),
         metrics_allow=_strings(path, "[metrics] allow", metrics.get("allow", ["127.0.0.1", "::1"])),
-        log_format=logFormat,
+        log_level=logLevel,
         path=path,
     )
 
@@ -272,6 +274,8 @@ def loadConfig(path: str) -> Config:
             data = tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 ({e.reason} at byte {e.start})")
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}")
     return parseConfig(data, path)

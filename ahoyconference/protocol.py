@@ -10,15 +10,15 @@ from __future__ import annotations
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from ahoyconference.interfaces import ClientInfo
+from ahoyconference.logs import logger
 from ahoyconference.session import Session
 
 SUBPROTOCOL = "conference-protocol"
 
-_log = Logger()
+_log = logger(__name__)
 
 
 @implementer(IPushProducer)

@@ -11,7 +11,6 @@ from collections import Counter
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from ahoyconference.conference import Conference, Member
@@ -27,8 +26,9 @@ from ahoyconference.interfaces import (
     Role,
 )
 from ahoyconference.limits import FailureBackoff
+from ahoyconference.logs import logger
 
-_log = Logger()
+_log = logger(__name__)
 
 
 @implementer(IMediaListener)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import secrets
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from ahoyconference.conference import KINDS, Member
 from ahoyconference.interfaces import Action, ClientInfo, ProtocolError
 from ahoyconference.limits import RateLimiter
+from ahoyconference.logs import logger
 from ahoyconference.messages import (
     NEEDS_MEMBERSHIP,
     Envelope,
@@ -29,7 +29,7 @@ from ahoyconference.messages import (
     responseTypeFor,
 )
 
-_log = Logger()
+_log = logger(__name__)
 
 
 class Session:

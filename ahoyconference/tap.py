@@ -14,15 +14,15 @@ import sys
 
 from twisted.application import strports
 from twisted.application.service import MultiService
-from twisted.logger import Logger
 from twisted.python import usage
 
 from ahoyconference import __version__
 from ahoyconference.config import Config, ConfigError, loadConfig
+from ahoyconference.logs import logger, setLevel
 
 DEFAULT_PORT = "tcp:8080:interface=127.0.0.1"
 
-_log = Logger()
+_log = logger(__name__)
 
 
 class Options(usage.Options):
@@ -61,11 +61,16 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self):
-        """Read the configuration file now, so that mistakes stop start-up early."""
+        """
+        Read the configuration file now, so that mistakes stop start-up early.
+
+        @raise SystemExit: the file is unusable (one line naming file and key).
+        """
         try:
             config = loadConfig(self["config"]) if self["config"] else Config()
         except ConfigError as e:
-            raise usage.UsageError(str(e))
+            # One line naming the file and the key, not twistd's usage text.
+            raise SystemExit(f"ahoyconference: {e}")
         changes = {}
         if self["ports"]:
             changes["ports"] = tuple(self["ports"])
@@ -142,6 +147,7 @@ class _ReloadOnHangup(MultiService):
             _log.error("reload failed, keeping the running configuration: {error}", error=str(e))
             return
         current = self.conferenceService.config
+        setLevel(config.log_level)
         self.conferenceService.reload(config.replace(ports=current.ports,
                                                      policy_name=current.policy_name))
 
@@ -163,6 +169,7 @@ def buildService(config: Config, reactor) -> MultiService:
     from ahoyconference.service import ConferenceService
     from ahoyconference.web import makeSite
 
+    setLevel(config.log_level)
     try:
         policy = loadPolicy(config.policy_name, config.policy_options, reactor)
     except (UnknownPolicy, ValueError) as e:

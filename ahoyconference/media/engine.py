@@ -50,18 +50,18 @@ from aiortc.rtp import (
 )
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ahoyconference.config import IceSettings
 from ahoyconference.interfaces import IMediaEngine, IMediaListener, ProtocolError
+from ahoyconference.logs import logger
 from ahoyconference.media import ice as _ice
 from ahoyconference.media import sdp as _sdp
 from ahoyconference.media.forward import InStream, OutStream
 from ahoyconference.media.speaking import SpeakingDetector
 
-_log = Logger()
+_log = logger(__name__)
 
 KINDS = ("audio", "video")
 REMB_FRESH = 5.0
