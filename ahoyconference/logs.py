@@ -37,4 +37,4 @@ def setLevel(name: str) -> None:
 
     @param name: one of L{LEVEL_NAMES}.
     """
-    levels.defaultLogLevel = LogLevel.levelWithName(name)
+    levels.setLogLevelForNamespace("", LogLevel.levelWithName(name))
