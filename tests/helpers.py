@@ -141,6 +141,9 @@ def cancelBatchedTimers(reactor) -> None:
         owner = getattr(call.func, "__self__", None)
         if type(owner).__name__ == "_BatchedTimer" and call.active():
             call.cancel()
+            # Forget the bucket too, so that a connection closing later does
+            # not cancel a call in it again (AlreadyCancelled).
+            owner._buckets.pop(call.args[0], None)
 
 
 class Client:

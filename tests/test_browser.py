@@ -13,7 +13,14 @@ child process of Playwright's driver, and Playwright owns its lifetime.
 Chromium gets the flags of design.md 7 (fake camera and microphone, loopback
 allowed in WebRTC, no mDNS host names) and every page is opened with
 C{?loopbackOnly=1}, so the answers it sends carry 127.0.0.1 candidates only;
-the server gathers on 127.0.0.1 only (L{tests.helpers.testConfig}).
+the server gathers on 127.0.0.1 only (L{tests.helpers.testConfig}).  The
+tests check both, and that every browser peer connection sends to 127.0.0.1.
+(Chromium may still pick its socket on another address of this host as the
+local end of a pair: nothing a page can prevent; see the candidate pairs
+logged in each page's artifacts/*.log.)
+
+Async checks (C{getStats}) are polled with C{page.evaluate}, which awaits
+promises; C{wait_for_function} does not, and would pass on the promise itself.
 
 Artifacts (screenshots, each page's console log) go to C{artifacts/}.  With
 C{AHOY_UPDATE_SCREENSHOT=1} the two-member room screenshot is also written to
@@ -31,7 +38,9 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlencode
 
+import aioice.ice
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -109,6 +118,25 @@ class BrowserPage:
             raise AssertionError(f"{self.label}: not {what} within {timeout}s ({e}); "
                                  f"state: {state}; console: {self.console[-15:]}")
 
+    async def poll(self, function: str, what: str, timeout: float = WAIT, arg=None):
+        """
+        Evaluate a JavaScript function (which may return a promise: unlike
+        C{wait_for_function}, C{evaluate} awaits it) every 100 ms until it
+        returns something truthy; return that.
+        """
+        loop = asyncio.get_event_loop()
+        deadline = loop.time() + timeout
+        result = None
+        while loop.time() < deadline:
+            result = await self.page.evaluate(function, arg)
+            if result:
+                return result
+            await asyncio.sleep(0.1)
+        stats = await self.page.evaluate("window.ahoy.mediaStats()")
+        raise AssertionError(f"{self.label}: not {what} within {timeout}s (last: {result!r}); "
+                             f"media: {stats}; state: {await self.state()}; "
+                             f"console: {self.console[-15:]}")
+
     async def joinRoom(self, room: str, name: str, password: str = "") -> None:
         """Fill in and submit the join form; wait until in the room."""
         await self.page.fill("#join-room", room)
@@ -155,27 +183,41 @@ class BrowserPage:
                 return s
         raise AssertionError(f"{self.label}: no member {name!r} in {stats}")
 
+    async def waitSubscribed(self, name: str) -> None:
+        """
+        Wait until the member shares audio and video (MEDIA_indication) and
+        this page's current subscription to it (the peer connection of the
+        latest SDP_request) receives both.
+        """
+        await self.poll("""name => window.ahoy.mediaStats().then(all => all.some(s =>
+                                s.name === name && s.kinds.includes('audio') &&
+                                s.kinds.includes('video') && s.connectionState === 'connected'))""",
+                           f"subscribed to {name}'s audio and video", timeout=MEDIA_WAIT,
+                           arg=name)
+
     async def assertVideoPlaying(self, name: str) -> dict:
         """
         The member's video plays here: the element has a size and the
-        decoder's frame count keeps rising.
+        decoder's frame count keeps rising (on one subscription).
         """
-        await self.waitFor(
+        await self.poll(
             """name => window.ahoy.mediaStats().then(all => all.some(s =>
                    s.name === name && s.videoWidth > 0 && s.framesDecoded > 0 && !s.paused))""",
             f"showing {name}'s video", timeout=MEDIA_WAIT, arg=name)
         first = await self.mediaOf(name)
-        await self.waitFor(
-            """([name, n]) => window.ahoy.mediaStats().then(all => all.some(s =>
-                   s.name === name && s.framesDecoded >= n + 10))""",
-            f"decoding more of {name}'s video", timeout=WAIT, arg=[name, first["framesDecoded"]])
+        await self.poll(
+            """([name, serial, n]) => window.ahoy.mediaStats().then(all => all.some(s =>
+                   s.name === name && s.serial === serial && s.framesDecoded >= n + 10 &&
+                   s.videoWidth > 0))""",
+            f"decoding more of {name}'s video", timeout=WAIT,
+            arg=[name, first["serial"], first["framesDecoded"]])
         return await self.mediaOf(name)
 
     async def assertAudioArriving(self, name: str) -> None:
-        """The member's audio arrives here (samples keep coming)."""
-        await self.waitFor(
+        """The member's audio arrives here and its audio element plays it."""
+        await self.poll(
             """name => window.ahoy.mediaStats().then(all => all.some(s =>
-                   s.name === name && s.audioSamples > 48000))""",
+                   s.name === name && s.audioSamples > 48000 && !s.audioPaused))""",
             f"receiving {name}'s audio", timeout=MEDIA_WAIT, arg=name)
 
     async def assertLoopbackAnswers(self) -> None:
@@ -187,6 +229,19 @@ class BrowserPage:
             self.test.assertTrue(candidates, f"{self.label}: an answer without candidates")
             for line in candidates:
                 self.test.assertEqual(line.split(" ")[4], "127.0.0.1", line)
+
+    async def assertLoopbackPairs(self, count: int) -> list[dict]:
+        """
+        Each of its peer connections (C{count} of them) sends to the server's
+        127.0.0.1.  (The local end may be another address of this host:
+        Chromium pairs every local interface with the server's candidate.)
+        """
+        pairs = await self.page.evaluate("window.ahoy.selectedPairs()")
+        self.console.append(f"selected candidate pairs: {pairs}")
+        self.test.assertEqual(len(pairs), count, pairs)
+        for pair in pairs:
+            self.test.assertEqual(pair["remote"], "127.0.0.1", pair)
+        return pairs
 
     async def screenshot(self, name: str) -> Path:
         """Save a screenshot to artifacts/."""
@@ -230,23 +285,56 @@ class BrowserTestCase(TestCase):
         from playwright.async_api import async_playwright
 
         self.pages: list[BrowserPage] = []
-        self.server = await Server(config=self.config(), engine=self.engine).start()
-        self.addCleanup(self._stopServer, self.server)
+        self.clients: list[Client] = []
+        self.servers: list[Server] = []
+        self.addCleanup(self._tearDown)
+        self.server = await self.startServer(self.config())
         self.playwright = await async_playwright().start()
-        self.addCleanup(lambda: _future_of(self.playwright.stop()))
         self.browser = await self.playwright.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        self.addCleanup(lambda: _future_of(self.browser.close()))
-        self.addCleanup(self._closePages)
+
+    async def startServer(self, config, port: int = 0) -> Server:
+        """A server in-process on 127.0.0.1 (on a given port, or a free one)."""
+        server = Server(config=config, engine=self.engine)
+        if port:
+            server.port = await _future(TCP4ServerEndpoint(
+                server.reactor, port, interface="127.0.0.1").listen(server.site))
+            server.service.startService()
+        else:
+            await server.start()
+        self.servers.append(server)
+        return server
 
     @asyncTest
-    async def _stopServer(self, server):
-        await server.stop()
+    async def _tearDown(self):
+        """
+        Pages and clients first, then the servers once every connection is
+        gone (the helpers' timer clean-up must not run under a live one).
+        """
+        problems = []
 
-    @asyncTest
-    async def _closePages(self):
+        async def step(coro):
+            try:
+                await coro
+            except Exception as e:  # keep going: the servers must stop regardless
+                problems.append(e)
+
         for p in self.pages:
-            await p.close(self._testMethodName)
+            await step(p.close(self._testMethodName))
+        for c in self.clients:
+            await step(c.close())
+        if getattr(self, "browser", None) is not None:
+            await step(self.browser.close())
+        if getattr(self, "playwright", None) is not None:
+            await step(self.playwright.stop())
+        for _ in range(500):
+            if not any(s.service.sessions for s in self.servers):
+                break
+            await asyncio.sleep(0.01)
+        for server in reversed(self.servers):
+            await step(server.stop())
+        if problems:
+            raise problems[0]
         errors = [(p.label, e) for p in self.pages for e in p.errors]
         self.assertEqual(errors, [], "uncaught JavaScript errors")
 
@@ -261,7 +349,7 @@ class BrowserTestCase(TestCase):
                      **create) -> Client:
         """A protocol-level member (tests.helpers.Client) that creates and joins a room."""
         c = await Client.connect(self.server.url)
-        self.addCleanup(lambda: _future_of(c.close()))
+        self.clients.append(c)
         created = await c.request("CONFERENCE_CREATE_request", conferenceID=conferenceID, **create)
         self.assertEqual(created["status"], 200, created)
         joined = await c.request("CONFERENCE_JOIN_request", conferenceID=conferenceID,
@@ -277,11 +365,6 @@ class BrowserTestCase(TestCase):
             if m.name == name:
                 return m
         raise AssertionError(f"no member {name!r} in {conferenceID}")
-
-
-def _future_of(coro):
-    """A coroutine run on the loop, as a Deferred (for addCleanup)."""
-    return defer.Deferred.fromFuture(asyncio.ensure_future(coro))
 
 
 class SignallingTests(BrowserTestCase):
@@ -336,12 +419,11 @@ class SignallingTests(BrowserTestCase):
         self.assertFalse(await page.page.is_visible("#lock-toggle"))
 
         # A second server at its member limit: 503.
-        busy = await Server(config=testConfig(limits=Limits(
+        busy = await self.startServer(testConfig(limits=Limits(
             max_members=1, join_rate=0, chat_rate=0, max_connections_per_ip=0,
-            max_conferences_per_client=0))).start()
-        self.addCleanup(self._stopServer, busy)
+            max_conferences_per_client=0)))
         c = await Client.connect(busy.url)
-        self.addCleanup(lambda: _future_of(c.close()))
+        self.clients.append(c)
         await c.request("CONFERENCE_CREATE_request", conferenceID="r")
         await c.request("CONFERENCE_JOIN_request", conferenceID="r", name="only")
         other = await self.newPage("late", base=busy.http)
@@ -494,16 +576,23 @@ class SignallingTests(BrowserTestCase):
 class ReconnectTests(BrowserTestCase):
     """The server goes away and comes back: the page says so and rejoins."""
 
-    engine = None
-
     def config(self):
         return testConfig(rooms=(ConferenceSettings(
             conferenceID="lobby", conferenceName="Lobby", permanent=True),))
 
     @asyncTest
     async def test_reconnect(self):
+        """
+        The page shows that it lost the server and retries with back-off;
+        when the server is back it rejoins the room and shares its camera
+        again.
+        """
         page = await self.newPage("member")
         await page.joinRoom("lobby", "Rey")
+        await page.page.click("#share-camera")
+        await page.waitFor("window.ahoy.state.me.video.available", "publishing its camera",
+                           timeout=MEDIA_WAIT)
+
         # The server goes away: it stops listening and drops every connection.
         old = self.server
         port = old.port.getHost().port
@@ -521,21 +610,20 @@ class ReconnectTests(BrowserTestCase):
         self.assertEqual(await page.page.text_content("#conn-status"), "offline")
 
         # The server comes back on the same port (a new process, in effect).
-        server = Server(config=self.config())
-        server.port = await _future(TCP4ServerEndpoint(
-            server.reactor, port, interface="127.0.0.1").listen(server.site))
-        server.service.startService()
-        self.server = server
-        self.addCleanup(self._stopServer, server)
+        server = self.server = await self.startServer(self.config(), port)
         await page.waitFor("window.ahoy.state.connection === 'open' && "
                            "window.ahoy.state.screen === 'room' && "
                            "/Reconnected/.test(document.getElementById('notice').textContent)",
                            "rejoined", timeout=40)
-        self.member("lobby", "Rey")
+        rey = self.member("lobby", "Rey")
+        await page.waitFor("window.ahoy.state.me.video.available", "publishing again",
+                           timeout=MEDIA_WAIT)
+        self.assertTrue(rey.available["video"])
         # The others see it again, and it sees them.
         other, joined = await join(server.url, "lobby", "Finn")
-        self.addCleanup(lambda: _future_of(other.close()))
+        self.clients.append(other)
         self.assertEqual([m["name"] for m in joined["members"]], ["Rey"])
+        self.assertTrue(joined["members"][0]["video"]["available"])
         await page.tile("Finn")
 
 
@@ -566,14 +654,37 @@ class MediaTests(BrowserTestCase):
 
         await alice.shareBoth()
         await bob.shareBoth()
+        # Each page learns that the other shares both (MEDIA_indication) and
+        # subscribes to both; then the media must flow.
+        await alice.waitSubscribed("Bob")
+        await bob.waitSubscribed("Alice")
         await alice.assertVideoPlaying("Bob")
         await bob.assertVideoPlaying("Alice")
         await alice.assertAudioArriving("Bob")
         await bob.assertAudioArriving("Alice")
-        for p in (alice, bob):
+        for p, other in ((alice, "Bob"), (bob, "Alice")):
             await p.assertLoopbackAnswers()
-            self.assertEqual(await p.page.get_attribute(
-                f".tile[data-name={'Bob' if p is alice else 'Alice'}]", "data-video"), "true")
+            await p.assertLoopbackPairs(2)
+            await p.waitFor(f"""document.querySelector('.tile[data-name="{other}"]')
+                                .dataset.video === 'true'""", f"showing {other}'s video tile")
+            await p.waitFor("""document.querySelector('.tile[data-self="true"]')
+                               .dataset.video === 'true'""", "showing its own camera")
+            self.assertFalse(await p.page.is_visible("#enable-sound"), "sound was blocked")
+
+        # The server hears Bob's (fake) microphone beep: Alice's page
+        # highlights him.  Bob mutes himself: Alice's page shows it.
+        await alice.waitFor("""document.querySelector('.tile[data-name="Bob"]')
+                               .dataset.speaking === 'true'""", "highlighting Bob speaking",
+                            timeout=MEDIA_WAIT)
+        await bob.page.click("#mute-mic")
+        await alice.waitFor("""document.querySelector('.tile[data-name="Bob"]')
+                               .dataset.audioMuted === 'true'""", "showing Bob muted")
+        await bob.waitFor("window.ahoy.state.selfMuted && "
+                          "document.querySelector('.tile[data-self=\"true\"]')"
+                          ".dataset.audioMuted === 'true'", "showing itself muted")
+        await bob.page.click("#mute-mic")
+        await alice.waitFor("""document.querySelector('.tile[data-name="Bob"]')
+                               .dataset.audioMuted === 'false'""", "showing Bob unmuted")
 
         await bob.page.fill("#chat-input", "Can you see me?")
         await bob.page.press("#chat-input", "Enter")
@@ -601,3 +712,100 @@ class MediaTests(BrowserTestCase):
         await alice.waitFor("!document.querySelector('.tile[data-name=\"Bob\"]')",
                             "removing Bob's tile")
         await bob.screenshot("kicked-bob.png")
+
+    @asyncTest
+    async def test_browserAndAiortc(self):
+        """
+        A browser and an aiortc member (tests.mediaclients) see each other:
+        the page plays the aiortc member's 320x240 picture and tone, and the
+        aiortc member decodes the browser's camera and microphone.
+        """
+        from tests.mediaclients import Publisher, waitFor
+
+        self.patch(aioice.ice, "get_host_addresses",
+                   lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"])
+        page = await self.newPage("bea")
+        await page.page.fill("#join-name", "Bea")
+        await page.page.fill("#create-id", "mixed-room")
+        await page.page.click("#create-submit")
+        await page.waitFor("window.ahoy.state.screen === 'room'", "in the room")
+        await page.shareBoth()
+        await page.waitFor("window.ahoy.state.me.video.available && "
+                           "window.ahoy.state.me.audio.available", "publishing", timeout=MEDIA_WAIT)
+
+        robo, joined = await join(self.server.url, "mixed-room", "Robo")
+        self.clients.append(robo)
+        self.assertEqual(joined["status"], 200, joined)
+        [bea] = joined["members"]
+        self.assertTrue(bea["video"]["available"] and bea["audio"]["available"], bea)
+
+        publisher = Publisher(tag=5)
+        subscriber = _BrowserPictureSubscriber()
+        self.addCleanup(lambda: Deferred.fromFuture(asyncio.ensure_future(publisher.close())))
+        self.addCleanup(lambda: Deferred.fromFuture(asyncio.ensure_future(subscriber.close())))
+
+        shared = await robo.request("MEDIA_SHARE_request", audio=True, video=True)
+        self.assertEqual(shared["status"], 200, shared)
+        offer = await robo.expect("MEDIA_RECEIVE_request")
+        await robo.send({"messageType": "MEDIA_RECEIVE_response", "status": 200, "reason": "OK",
+                         "sdp": await publisher.answer(offer["sdp"]),
+                         "transactionID": offer["transactionID"]})
+
+        asked = await robo.request("MEDIA_request", members=[
+            {"memberID": bea["memberID"], "audio": True, "video": True}])
+        self.assertEqual(asked["status"], 200, asked)
+        offer = await robo.expect("SDP_request", transactionID=bea["memberID"])
+        await robo.send({"messageType": "SDP_response", "status": 200, "reason": "OK",
+                         "sdp": await subscriber.answer(offer["sdp"]),
+                         "transactionID": bea["memberID"]})
+
+        # The page: Robo's picture (320x240, moving) and tone.
+        await page.waitSubscribed("Robo")
+        stats = await page.assertVideoPlaying("Robo")
+        self.assertEqual((stats["videoWidth"], stats["videoHeight"]), (320, 240))
+        await page.assertAudioArriving("Robo")
+        await page.assertLoopbackAnswers()
+        await page.assertLoopbackPairs(2)
+
+        # The aiortc member: the browser's camera (a moving picture) and
+        # microphone, decoded.
+        await waitFor(lambda: len(subscriber.pictures) >= 30, timeout=MEDIA_WAIT,
+                      what="30 decoded pictures from the browser")
+        self.assertEqual({size for size, _ in subscriber.pictures}, {(320, 180)})
+        self.assertGreater(len({digest for _, digest in subscriber.pictures}), 10,
+                           "the browser's picture does not move")
+        await waitFor(lambda: sum(len(chunk) for chunk in subscriber.audio) >= 48000,
+                      timeout=MEDIA_WAIT, what="a second of decoded audio from the browser")
+        loudest = max(max(abs(x) for x in chunk) for chunk in subscriber.audio if chunk)
+        self.assertGreater(loudest, 1000, "the browser's audio is silent")
+        await page.screenshot("room-browser-and-aiortc.png")
+
+
+def _BrowserPictureSubscriber():
+    """
+    A L{tests.mediaclients.Subscriber} for a browser's camera: it keeps each
+    decoded picture's size and a digest of its pixels (the fake camera's
+    picture is not the test pattern that L{Subscriber} reads).
+    """
+    from av import VideoFrame
+
+    from tests.mediaclients import Subscriber
+
+    class BrowserPictureSubscriber(Subscriber):
+        def __init__(self):
+            super().__init__()
+            self.pictures: list[tuple[tuple[int, int], int]] = []
+
+        async def _consume(self, track):
+            if track.kind != "video":
+                return await super()._consume(track)
+            while True:
+                try:
+                    frame: VideoFrame = await track.recv()
+                except Exception:  # MediaStreamError, CancelledError: the end
+                    return
+                luma = bytes(frame.planes[0])
+                self.pictures.append(((frame.width, frame.height), hash(luma[::31])))
+
+    return BrowserPictureSubscriber()
+
