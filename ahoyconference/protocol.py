@@ -156,7 +156,10 @@ class ConferenceFactory(WebSocketServerFactory):
         super().__init__(protocols=[SUBPROTOCOL])
         self.service = service
         self.connections: dict[str, int] = {}
-        limits = service.config.limits
+        self.applyLimits(service.config.limits)
+
+    def applyLimits(self, limits) -> None:
+        """Take the message size limits (at start and on reload)."""
         self.setProtocolOptions(
             maxFramePayloadSize=limits.max_message_bytes,
             maxMessagePayloadSize=limits.max_message_bytes,

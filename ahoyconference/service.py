@@ -107,13 +107,18 @@ class ConferenceService(MultiService):
 
     def reload(self, config: Config) -> None:
         """
-        Take a re-read configuration: limits, permanent rooms, Origins and
-        privacy apply at once; ports, ICE and the policy need a restart.
+        Take a re-read configuration: limits, permanent rooms, Origins,
+        privacy and the log level apply at once; ports (and their TLS
+        certificates), ICE, the policy and C{[metrics] enabled} need a restart.
         Permanent rooms that disappeared become ordinary rooms (they go when
         idle); new ones are created; existing ones keep their members.
         """
         old = {r.conferenceID for r in self.config.rooms}
         self.config = config
+        self._passwordFailures.failures = config.limits.password_failures
+        self._passwordFailures.window = config.limits.password_backoff
+        for conf in self.conferences.values():
+            conf.ipToEveryone = config.ip_to_everyone
         new = {r.conferenceID: r for r in config.rooms}
         for cid in old - set(new):
             conf = self.conferences.get(cid)

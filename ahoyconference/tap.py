@@ -122,9 +122,8 @@ class _ReloadOnHangup(MultiService):
         import signal
 
         super().startService()
-        if self.path:
-            self._previous = signal.signal(
-                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        self._previous = signal.signal(
+            signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
 
     def stopService(self):
         import signal
@@ -141,6 +140,9 @@ class _ReloadOnHangup(MultiService):
 
     def reload(self):
         """Re-read the file; a broken file is logged and the old config kept."""
+        if not self.path:
+            _log.info("SIGHUP: no --config file to re-read; nothing changes")
+            return
         try:
             config = loadConfig(self.path)
         except ConfigError as e:
@@ -150,6 +152,9 @@ class _ReloadOnHangup(MultiService):
         setLevel(config.log_level)
         self.conferenceService.reload(config.replace(ports=current.ports,
                                                      policy_name=current.policy_name))
+        site = getattr(self, "site", None)
+        if site is not None:
+            site.conferenceFactory.applyLimits(config.limits)
 
 
 def makeService(options) -> MultiService:

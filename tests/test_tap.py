@@ -202,3 +202,77 @@ class ShutdownTests(unittest.TestCase):
                 await proc.wait()
             for c in clients:
                 await c.close()
+
+
+class ReloadTests(unittest.TestCase):
+    """SIGHUP re-reads rooms and limits without dropping anyone."""
+
+    @asyncTest
+    async def test_sighup(self):
+        import signal
+
+        port = freePort()
+        tmp = os.path.abspath(self.mktemp())
+        os.makedirs(tmp)
+        config = os.path.join(tmp, "ahoy.toml")
+        with open(config, "w") as f:
+            f.write("[limits]\nmax_chat_bytes = 1000\n")
+        proc = await runTwistd("-n", "--pidfile=", "ahoyconference", f"--config={config}",
+                               f"--port=tcp:{port}:interface=127.0.0.1")
+        clients = []
+        try:
+            await waitForPort(port, proc)
+            a = await Client.connect(f"ws://127.0.0.1:{port}/")
+            clients.append(a)
+            await a.request("CONFERENCE_CREATE_request", conferenceID="r")
+            await a.request("CONFERENCE_JOIN_request", conferenceID="r", name="a")
+            r = await a.request("CHAT_MESSAGE_request", message={"text": "x" * 2000})
+            self.assertEqual(r["status"], 400)
+            with open(config, "w") as f:
+                f.write('[limits]\nmax_chat_bytes = 5000\n[[rooms]]\nid = "new-room"\n')
+            proc.send_signal(signal.SIGHUP)
+            for _ in range(100):
+                r = await a.request("CHAT_MESSAGE_request", message={"text": "x" * 2000})
+                if r["status"] == 200:
+                    break
+                await asyncio.sleep(0.05)
+            self.assertEqual(r["status"], 200)
+            b = await Client.connect(f"ws://127.0.0.1:{port}/")
+            clients.append(b)
+            r = await b.request("CONFERENCE_JOIN_request", conferenceID="new-room", name="b")
+            self.assertEqual(r["status"], 200)
+            # A broken file keeps the running configuration.
+            with open(config, "w") as f:
+                f.write("[limits]\nmax_chat_bytes = 'lots'\n")
+            proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.5)
+            r = await a.request("CHAT_MESSAGE_request", message={"text": "x" * 2000})
+            self.assertEqual(r["status"], 200)
+            self.assertIsNone(proc.returncode)
+        finally:
+            for c in clients:
+                await c.close()
+            out = await stop(proc)
+        self.assertIn(b"configuration reloaded", out)
+        self.assertIn(b"reload failed, keeping the running configuration", out)
+
+    @asyncTest
+    async def test_sighupWithoutConfig(self):
+        """Without --config, SIGHUP is logged and changes nothing (the process lives)."""
+        import signal
+
+        port = freePort()
+        proc = await runTwistd("-n", "--pidfile=", "ahoyconference",
+                               f"--port=tcp:{port}:interface=127.0.0.1")
+        try:
+            await waitForPort(port, proc)
+            proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.5)
+            c = await Client.connect(f"ws://127.0.0.1:{port}/")
+            r = await c.request("CONFERENCE_CREATE_request")
+            self.assertEqual(r["status"], 200)
+            await c.close()
+        finally:
+            out = await stop(proc)
+        self.assertEqual(proc.returncode, 0, out)
+        self.assertIn(b"no --config file to re-read", out)
