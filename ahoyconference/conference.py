@@ -270,8 +270,8 @@ class Conference:
         self.announceMedia(target)
         return forwarding
 
-    def announceMedia(self, member: Member) -> None:
-        """Send everyone a C{MEDIA_indication} with the member's state (2.4)."""
+    def announceMedia(self, member: Member, exclude: Member | None = None) -> None:
+        """Send everyone (but C{exclude}) a C{MEDIA_indication} with the member's state (2.4)."""
         message = {"messageType": "MEDIA_indication", "member": member.ref()}
         message.update(member.mediaState())
-        self.broadcast(message)
+        self.broadcast(message, exclude=exclude)

@@ -331,6 +331,14 @@ class ConferenceService(MultiService):
         self.engine.removeMember(member.memberID)
         if conf is None:
             return
+        if any(member.available.values()):
+            # protocol.md 4.5: the others learn that its media is gone.  (The
+            # engine's own mediaAvailable(False) came after the member was
+            # unregistered above, and was ignored.)
+            for kind in member.available:
+                member.available[kind] = False
+            member.speaking = False
+            conf.announceMedia(member, exclude=member)
         conf.remove(member)
         for other in conf.members.values():
             self.engine.unsubscribe(other.memberID, member.memberID)

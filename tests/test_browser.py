@@ -714,6 +714,43 @@ class MediaTests(BrowserTestCase):
         await bob.screenshot("kicked-bob.png")
 
     @asyncTest
+    async def test_sendBitrateRamps(self):
+        """
+        A browser publishing 640x480 through the server, watched by another
+        browser, raises its video send rate above the 300 kbit/s it starts
+        at: the server relays the subscriber's REMB (capped by the default
+        500 kbit/s) and its receiver reports.
+        """
+        alice = await self.newPage("alice", lowres="0")
+        await alice.page.fill("#join-name", "Alice")
+        await alice.page.fill("#create-id", "ramp-room")
+        await alice.page.click("#create-submit")
+        await alice.waitFor("window.ahoy.state.screen === 'room'", "in the room")
+        bob = await self.newPage("bob", room="ramp-room")
+        await bob.joinRoom("ramp-room", "Bob")
+        await alice.page.click("#share-camera")
+        await alice.waitFor("window.ahoy.state.sharing.video", "sharing the camera")
+        await bob.assertVideoPlaying("Alice")
+
+        loop = asyncio.get_event_loop()
+        deadline = loop.time() + MEDIA_WAIT
+        rates = []
+        previous = await alice.page.evaluate("window.ahoy.publishStats()")
+        while loop.time() < deadline:
+            await asyncio.sleep(2)
+            now = await alice.page.evaluate("window.ahoy.publishStats()")
+            seconds = (now["timestamp"] - previous["timestamp"]) / 1000
+            if seconds > 0:
+                rates.append(8 * (now["videoBytes"] - previous["videoBytes"]) / seconds / 1000)
+            previous = now
+            if rates and rates[-1] > 300:
+                break
+        self.assertTrue(rates and rates[-1] > 300,
+                        f"video send rate never went above 300 kbit/s: {rates} kbit/s")
+        self.assertLess(max(rates), 500 * 1.5, rates)  # the cap holds (with some slack)
+        self.assertGreaterEqual(previous["frameWidth"], 320)
+
+    @asyncTest
     async def test_browserAndAiortc(self):
         """
         A browser and an aiortc member (tests.mediaclients) see each other:

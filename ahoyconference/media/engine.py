@@ -66,6 +66,8 @@ _log = logger(__name__)
 KINDS = ("audio", "video")
 REMB_FRESH = 5.0
 """Seconds a subscriber's REMB counts for the publisher's bitrate."""
+MAX_NACKED = 64
+"""Sequence numbers answered per NACK packet (browsers NACK a handful)."""
 
 
 def installAsyncioExceptionHandler(loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -176,6 +178,8 @@ class _PublisherConnection(_Peer):
         self.byPT: dict[int, InStream] = {}
         self.rtcpSsrc = 0
         self.unprotect = None
+        self.removeStream = None
+        self.ssrcs: frozenset[int] = frozenset()
         self.hooked: list = []
 
     def describe(self) -> str:
@@ -199,19 +203,35 @@ class _PublisherConnection(_Peer):
         stream = self.byPT.get(plain[1] & 0x7F)
         if stream is None:
             self.engine._dropped += 1
+            if self.ssrcs:
+                ssrc = int.from_bytes(plain[8:12], "big")
+                if ssrc not in self.ssrcs:
+                    self.forget(ssrc)
             return
         stream.packet(plain)
+
+    def forget(self, ssrc: int) -> None:
+        """
+        Free the SRTP stream state libsrtp made for an SSRC the answer never
+        announced (it keeps one per SSRC, ~270 bytes each, looked up in a list).
+        """
+        if self.removeStream is not None:
+            try:
+                self.removeStream(ssrc)
+            except Exception:  # pylibsrtp.Error: not there
+                pass
 
     def hook(self) -> None:
         """Take the publisher's SRTP straight from its ICE sockets."""
         dtls = self.dtls
         self.unprotect = dtls._rx_srtp.unprotect
+        self.removeStream = dtls._rx_srtp.remove_stream
         rtp = self.rtp
         for protocol in list(dtls.transport._connection._protocols):
             original = protocol.datagram_received
 
             def datagram_received(data, addr, _original=original, _rtp=rtp):
-                if 127 < data[0] < 192 and len(data) > 12 and not 191 < data[1] < 224:
+                if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 224:
                     _rtp(data)
                 else:
                     _original(data, addr)
@@ -300,6 +320,7 @@ class AiortcMediaEngine:
         self._retired = Counter()
         self.counters = Counter()
         self._uninstallHosts = _ice.installHostAddresses(tuple(ice.host_addresses))
+        self._loopbackOnly = _ice.onlyLoopback(tuple(ice.host_addresses))
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
         self._reportInterval = reportInterval
@@ -327,6 +348,25 @@ class AiortcMediaEngine:
                 _log.failure("error handling a peer connection state change")
 
         peer.pc.on("connectionstatechange", changed)
+        self._guardDatagrams(peer)
+
+    def _guardDatagrams(self, peer: _Peer) -> None:
+        """
+        Drop (and count) datagrams that are neither DTLS nor SRTP/SRTCP before
+        aioice queues them for aiortc: an empty one would end aiortc's DTLS
+        receive loop (C{data[0]}), and with it the peer connection; anyone
+        can send one to our port.
+        """
+        connection = peer.dtls.transport._connection
+        original = connection.data_received
+
+        def data_received(data, component, _original=original):
+            if data and (19 < data[0] < 64 or 127 < data[0] < 192):
+                _original(data, component)
+            else:
+                self._dropped += 1
+
+        connection.data_received = data_received
 
     def _stateChanged(self, peer: _Peer, state: str) -> None:
         _log.debug("{what}: peer connection {state}", what=peer.describe(), state=state)
@@ -400,6 +440,19 @@ class AiortcMediaEngine:
 
         future.add_done_callback(done)
 
+    def _remoteAnswer(self, sdp: str, peer: _Peer) -> str:
+        """
+        The answer as aiortc gets it: without mDNS candidates and without
+        candidates we cannot or must not send to (L{_sdp.usableCandidates}).
+        """
+        sdp, dropped = _sdp.usableCandidates(_sdp.dropMdnsCandidates(sdp),
+                                             tuple(self._iceSettings.host_addresses))
+        if dropped:
+            self.counters["dropped_candidates"] += dropped
+            _log.info("dropped {count} remote candidate(s) of the {what}: unreachable from our "
+                      "host addresses, or over the limit", count=dropped, what=peer.describe())
+        return sdp
+
     def _stream(self, publisherID: str, kind: str) -> InStream:
         stream = self._streams.get((publisherID, kind))
         if stream is None:
@@ -408,7 +461,7 @@ class AiortcMediaEngine:
                 onLevel = self._detector(publisherID).level
             stream = InStream(publisherID, kind, self._now, onAvailable=self._available,
                               onKeyframeNeeded=self._keyframeNeeded, onLevel=onLevel,
-                              onSource=self._newSource)
+                              onSource=self._newSource, onForeign=self._foreignSsrc)
             self._streams[(publisherID, kind)] = stream
         return stream
 
@@ -496,6 +549,8 @@ class AiortcMediaEngine:
         pub.cap = max(1, cap)
         self._track(conn)
         await pc.setLocalDescription(await pc.createOffer())
+        if self._loopbackOnly:
+            _ice.ignoreNonLoopbackPeers(pc)
         if conn.closed or self._publishers.get(memberID) is not pub or pub.pending is not conn:
             self._closePeer(conn)
             raise ProtocolError(409, detail="publish superseded")
@@ -523,8 +578,8 @@ class AiortcMediaEngine:
         conn = pub.pending if pub is not None else None
         if conn is None or conn.closed:
             raise ProtocolError(409, detail="no publish offer outstanding")
-        _log.debug("publish answer from {member_id} ({size} bytes of SDP)",
-                   member_id=_short(memberID), size=len(sdp))
+        _log.debug("publish answer from {member_id} ({size} characters of SDP)",
+                   member_id=_short(memberID), size=len(sdp) if isinstance(sdp, str) else "no")
         negotiated = _sdp.checkAnswer(conn.offerSdp, sdp, "publisher")
         dtls = conn.dtls
 
@@ -538,7 +593,7 @@ class AiortcMediaEngine:
         dtls._handle_rtcp_data = handleRtcp
         try:
             await conn.pc.setRemoteDescription(
-                RTCSessionDescription(sdp=_sdp.dropMdnsCandidates(sdp), type="answer"))
+                RTCSessionDescription(sdp=self._remoteAnswer(sdp, conn), type="answer"))
         except Exception as e:
             _log.info("publish answer of {member_id} refused: {error}",
                       member_id=_short(memberID), error=e)
@@ -547,6 +602,7 @@ class AiortcMediaEngine:
             raise ProtocolError(409, detail="publish superseded")
         conn.answered = True
         conn.negotiated = {m.kind: m for m in negotiated}
+        conn.ssrcs = frozenset(ssrc for m in negotiated for ssrc in m.ssrcs)
         old = pub.current
         pub.pending = None
         pub.current = conn
@@ -563,7 +619,8 @@ class AiortcMediaEngine:
             stream = self._stream(memberID, kind)
             stream.configure(media.codecs, media.clockRates,
                              media.extensions.get(_sdp.MID_URI, 0),
-                             media.extensions.get(_sdp.AUDIO_LEVEL_URI, 0) if kind == "audio" else 0)
+                             media.extensions.get(_sdp.AUDIO_LEVEL_URI, 0) if kind == "audio" else 0,
+                             media.ssrcs)
             for pt in media.codecs:
                 conn.byPT[pt] = stream
         _log.info("member {member_id} publishes {kinds} (video cap {cap} kbit/s)",
@@ -604,6 +661,12 @@ class AiortcMediaEngine:
                 self._sendReports(pub)
 
             pub.reportCall = self._clock.callLater(0, report)
+
+    def _foreignSsrc(self, stream: InStream, ssrc: int) -> None:
+        """A publisher sent an SSRC its answer did not announce (dropped)."""
+        pub = self._publishers.get(stream.publisherID)
+        if pub is not None and pub.current is not None:
+            pub.current.forget(ssrc)
 
     def _keyframeNeeded(self, stream: InStream) -> None:
         self.requestKeyframe(stream.publisherID)
@@ -739,6 +802,8 @@ class AiortcMediaEngine:
         self._subscriptions[key] = sub
         self._track(sub)
         await pc.setLocalDescription(await pc.createOffer())
+        if self._loopbackOnly:
+            _ice.ignoreNonLoopbackPeers(pc)
         if sub.closed or self._subscriptions.get(key) is not sub:
             self._closePeer(sub)
             raise ProtocolError(409, detail="subscription superseded")
@@ -762,8 +827,8 @@ class AiortcMediaEngine:
         sub = self._subscriptions.get((subscriberID, publisherID))
         if sub is None or sub.answered or not sub.offerSdp or sub.closed:
             raise ProtocolError(409, detail="no subscribe offer outstanding")
-        _log.debug("subscribe answer for {what} ({size} bytes of SDP)", what=sub.describe(),
-                   size=len(sdp))
+        _log.debug("subscribe answer for {what} ({size} characters of SDP)", what=sub.describe(),
+                   size=len(sdp) if isinstance(sdp, str) else "no")
         negotiated = _sdp.checkAnswer(sub.offerSdp, sdp, "subscriber")
         dtls = sub.dtls
 
@@ -777,7 +842,7 @@ class AiortcMediaEngine:
         dtls._handle_rtcp_data = handleRtcp
         try:
             await sub.pc.setRemoteDescription(
-                RTCSessionDescription(sdp=_sdp.dropMdnsCandidates(sdp), type="answer"))
+                RTCSessionDescription(sdp=self._remoteAnswer(sdp, sub), type="answer"))
         except Exception as e:
             _log.info("answer for the {what} refused: {error}", what=sub.describe(), error=e)
             raise ProtocolError(488, detail=str(e))
@@ -857,7 +922,8 @@ class AiortcMediaEngine:
                 stream = self._streams.get((sub.publisherID, "video"))
                 if out is not None and stream is not None and packet.media_ssrc == out.ssrc:
                     self.counters["nacks_received"] += 1
-                    sent = stream.retransmit(out, [s & 0xFFFF for s in packet.lost])
+                    lost = packet.lost[-MAX_NACKED:]  # one NACK must not cost a ring's worth
+                    sent = stream.retransmit(out, [s & 0xFFFF for s in lost])
                     self.counters["retransmitted_packets"] += sent
 
     def unsubscribe(self, subscriberID, publisherID):

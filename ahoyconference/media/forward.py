@@ -111,13 +111,15 @@ class InStream:
                  onAvailable: Callable[[InStream, bool], None] = lambda s, a: None,
                  onKeyframeNeeded: Callable[[InStream], None] = lambda s: None,
                  onLevel: Callable[[float, int], None] | None = None,
-                 onSource: Callable[[InStream], None] = lambda s: None):
+                 onSource: Callable[[InStream], None] = lambda s: None,
+                 onForeign: Callable[[InStream, int], None] = lambda s, ssrc: None):
         self.publisherID = publisherID
         self.kind = kind
         self._now = now
         self._onAvailable = onAvailable
         self._onKeyframeNeeded = onKeyframeNeeded
         self._onSource = onSource
+        self._onForeign = onForeign
         self.onLevel = onLevel
         self.outputs: list[OutStream] = []
         self.active: list[OutStream] = []
@@ -129,6 +131,7 @@ class InStream:
         self.clockRates: dict[int, int] = {}
         self.midId = 0
         self.levelId = 0
+        self.ssrcs: frozenset[int] = frozenset()
         # the current source
         self.ssrc: int | None = None
         self.pt = -1
@@ -164,12 +167,17 @@ class InStream:
     # -- configuration ------------------------------------------------------
 
     def configure(self, codecs: dict[int, tuple], clockRates: dict[int, int],
-                  midId: int, levelId: int) -> None:
-        """A publisher connection's negotiated codecs and extension ids."""
+                  midId: int, levelId: int, ssrcs=()) -> None:
+        """
+        A publisher connection's negotiated codecs and extension ids, and
+        the SSRCs its answer announced (C{a=ssrc}): when there are any, a
+        packet with another SSRC is dropped rather than taken for a new source.
+        """
         self.codecs = dict(codecs)
         self.clockRates = dict(clockRates)
         self.midId = midId
         self.levelId = levelId
+        self.ssrcs = frozenset(ssrcs)
         self.pt = -1  # next packet takes the slow path
 
     def attach(self, out: OutStream) -> None:
@@ -275,6 +283,10 @@ class InStream:
         key = self.codecs.get(pt)
         if key is None:
             self.dropped += 1
+            return False
+        if self.ssrcs and ssrc not in self.ssrcs:
+            self.dropped += 1
+            self._onForeign(self, ssrc)
             return False
         now = self._now()
         newSource = ssrc != self.ssrc

@@ -87,3 +87,42 @@ def installHostAddresses(addresses: tuple[str, ...]) -> Callable[[], None]:
             aioice.ice.get_host_addresses = _original
 
     return uninstall
+
+
+def onlyLoopback(addresses: tuple[str, ...]) -> bool:
+    """Are we gathering on loopback addresses only?"""
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+def ignoreNonLoopbackPeers(pc) -> int:
+    """
+    Make the ICE agent of C{pc} ignore connectivity checks from addresses
+    that are not loopback.
+
+    A server that gathers on loopback only (tests, benches, a server behind a
+    local proxy) must not learn a peer-reflexive address elsewhere: Chromium
+    happily pairs its socket on the machine's other address with our
+    127.0.0.1 candidate, and we would then send media to that address.  Call
+    after C{setLocalDescription} (the agents exist then).
+
+    @return: the number of ICE agents guarded (1 with max-bundle).
+    """
+    guarded = 0
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport._connection
+        if getattr(connection, "_ahoyGuarded", False):
+            continue
+        original = connection.request_received
+
+        def requestReceived(message, addr, *args, _original=original, **kwargs):
+            try:
+                if not ipaddress.ip_address(addr[0]).is_loopback:
+                    return None
+            except ValueError:
+                return None
+            return _original(message, addr, *args, **kwargs)
+
+        connection.request_received = requestReceived
+        connection._ahoyGuarded = True
+        guarded += 1
+    return guarded

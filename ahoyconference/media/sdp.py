@@ -13,6 +13,8 @@ module does to the text:
    candidates (C{[ice] public_address}).
  - L{checkAnswer}: an answer is parsed and compared with our offer before
    anything is applied; an unusable one raises L{ProtocolError}(488).
+ - L{usableCandidates}: only remote candidates the server may and can reach
+   from its host addresses are kept, and only a few of them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 
 _SEND_DIRECTIONS = {"publisher": ("sendonly", "sendrecv", "inactive"),
                     "subscriber": ("recvonly", "sendrecv", "inactive")}
+
+MAX_ANSWER_LINES = 2000
+"""An answer with more lines is refused (a browser's has one or two hundred)."""
+
+MAX_REMOTE_CANDIDATES = 32
+"""Remote candidates kept per m-section; aioice checks every one it is given."""
+
+_FINGERPRINT_BYTES = {"sha-1": 20, "sha-224": 28, "sha-256": 32, "sha-384": 48, "sha-512": 64}
+_HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})*")
 
 
 def codecKey(codec) -> tuple:
@@ -174,6 +185,72 @@ def _refuse(detail: str):
     raise ProtocolError(488, detail=detail)
 
 
+def _wellFormed(fingerprint) -> bool:
+    """Is it a known hash's value, as many hex pairs as the hash has bytes?"""
+    size = _FINGERPRINT_BYTES.get(str(fingerprint.algorithm).lower())
+    value = str(fingerprint.value)
+    return (size is not None and len(value) == 3 * size - 1
+            and _HEX_PAIRS.fullmatch(value) is not None)
+
+
+def _reachable(hostAddresses: tuple[str, ...]):
+    """
+    A test of a remote candidate's address: could our host candidates pair
+    with it, and may they send to it?  Loopback only from loopback, other
+    unicast only from other addresses (aioice's default, when
+    C{hostAddresses} is empty, is every non-loopback interface), the IP
+    versions we gather on; never unspecified, multicast, broadcast, link-local
+    or reserved addresses, nor names (mDNS or other).
+    """
+    ours = [ipaddress.ip_address(a) for a in hostAddresses]
+    loopback = any(a.is_loopback for a in ours)
+    other = not ours or any(not a.is_loopback for a in ours)
+    versions = {a.version for a in ours} or {4, 6}
+
+    def reachable(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if ip.version not in versions:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_unspecified or ip.is_multicast or ip.is_link_local or ip.is_reserved:
+            return False
+        return loopback if ip.is_loopback else other
+
+    return reachable
+
+
+def usableCandidates(sdp: str, hostAddresses: tuple[str, ...],
+                     limit: int = MAX_REMOTE_CANDIDATES) -> tuple[str, int]:
+    """
+    Drop the remote candidates of an answer that the server must not use:
+    those our host addresses cannot reach or must not send to (see
+    L{_reachable}), those with a bad port, and every one past C{limit} in an
+    m-section.  Connectivity checks from the client still reveal its real
+    address (peer-reflexive), as with browsers' mDNS candidates.
+
+    @return: the SDP and how many candidates were dropped.
+    """
+    reachable = _reachable(tuple(hostAddresses))
+    out = []
+    kept = dropped = 0
+    for line in sdp.splitlines():  # as aiortc's parser splits, so nothing slips through
+        if line.startswith("m="):
+            kept = 0
+        elif line.startswith("a=candidate:"):
+            bits = line[12:].split()
+            if (len(bits) < 8 or kept >= limit or not reachable(bits[4])
+                    or not (bits[5].isdigit() and len(bits[5]) <= 5 and 0 < int(bits[5]) < 65536)):
+                dropped += 1
+                continue
+            kept += 1
+        out.append(line)
+    return "\r\n".join(out) + "\r\n", dropped
+
+
 def checkAnswer(offer: str, answer: object, side: str) -> list[NegotiatedMedia]:
     """
     Check an answer against our offer before it is applied.
@@ -188,6 +265,8 @@ def checkAnswer(offer: str, answer: object, side: str) -> list[NegotiatedMedia]:
     """
     if not isinstance(answer, str) or not answer.strip().startswith("v="):
         _refuse("not an SDP")
+    if answer.count("\n") > MAX_ANSWER_LINES or answer.count("\r") > MAX_ANSWER_LINES:
+        _refuse("too many lines")
     try:
         parsedOffer = aiosdp.SessionDescription.parse(offer)
         parsed = aiosdp.SessionDescription.parse(answer)
@@ -206,7 +285,7 @@ def checkAnswer(offer: str, answer: object, side: str) -> list[NegotiatedMedia]:
             _refuse(f"{what} rejected")
         if not theirs.ice or not theirs.ice.usernameFragment or not theirs.ice.password:
             _refuse(f"{what}: no ICE credentials")
-        if not theirs.dtls or not theirs.dtls.fingerprints:
+        if not theirs.dtls or not any(_wellFormed(f) for f in theirs.dtls.fingerprints):
             _refuse(f"{what}: no DTLS fingerprint")
         if theirs.dtls.role not in ("client", "server"):
             _refuse(f"{what}: DTLS setup must be active or passive")

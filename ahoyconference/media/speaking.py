@@ -52,7 +52,7 @@ def findExtensions(data, midId: int, levelId: int) -> tuple[int, int]:
         if eid == 15:
             break
         length = (h & 0x0F) + 1
-        if eid == midId and length == 1:
+        if eid == midId and length == 1 and pos + 1 < end:
             midOffset = pos + 1
         elif eid == levelId and pos + 1 < end:
             level = data[pos + 1] & 0x7F

@@ -1338,12 +1338,18 @@
   }
 
   function publishStats() {
-    if (!publisher.pc) return Promise.resolve({connectionState: "none", framesEncoded: 0, audioBytes: 0});
-    var out = {connectionState: publisher.pc.connectionState, framesEncoded: 0, audioBytes: 0};
+    if (!publisher.pc) return Promise.resolve({connectionState: "none", framesEncoded: 0, audioBytes: 0, videoBytes: 0});
+    var out = {connectionState: publisher.pc.connectionState, framesEncoded: 0, audioBytes: 0,
+               videoBytes: 0, frameWidth: 0, timestamp: 0};
     return publisher.pc.getStats().then(function (report) {
       report.forEach(function (s) {
         if (s.type !== "outbound-rtp") return;
-        if (s.kind === "video") out.framesEncoded += s.framesEncoded || 0;
+        if (s.kind === "video") {
+          out.framesEncoded += s.framesEncoded || 0;
+          out.videoBytes += s.bytesSent || 0;
+          out.frameWidth = Math.max(out.frameWidth, s.frameWidth || 0);
+          out.timestamp = s.timestamp;
+        }
         if (s.kind === "audio") out.audioBytes += s.bytesSent || 0;
       });
       return out;
