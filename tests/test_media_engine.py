@@ -319,6 +319,7 @@ class LifecycleTests(EngineTestMixin, TestCase):
         await self.subscribe("other", "pub", audio=False)
         await waitFor(lambda: self.engine.stats()["peer_connections"] == {"connected": 3},
                       what="connected")
+        await waitFor(lambda: self.available("pub", "video", True), what="video arriving")
         self.engine.removeMember("pub")
         self.assertTrue(self.available("pub", "video", False))
         stats = self.engine.stats()
