@@ -33,6 +33,11 @@ MINIMUM_ROLE = {
 }
 
 
+def roleAllows(role: Role, action: Action) -> bool:
+    """May a member with this role do this, by L{MINIMUM_ROLE}?"""
+    return role >= MINIMUM_ROLE.get(action, Role.MODERATOR)
+
+
 def _same(given: bytes, expected: str) -> bool:
     return hmac.compare_digest(given, expected.encode("utf-8"))
 
@@ -93,7 +98,7 @@ class PasswordPolicy:
 
     def mayRequest(self, client: ClientInfo, role: Role, action: Action, settings):
         """Allowed when the role is at least L{MINIMUM_ROLE} for the action."""
-        return role >= MINIMUM_ROLE.get(action, Role.MODERATOR)
+        return roleAllows(role, action)
 
 
 @implementer(IPolicyPlugin)

@@ -440,6 +440,21 @@ class AiortcMediaEngine:
 
         future.add_done_callback(done)
 
+    async def _applyAnswer(self, peer: _Peer, sdp: str, handleRtp, handleRtcp, what: str):
+        """
+        Route the peer's decrypted packets to our handlers (aiortc's receivers
+        never see them) and apply its (checked) answer; 488 if aiortc refuses it.
+        """
+        dtls = peer.dtls
+        dtls._handle_rtp_data = handleRtp
+        dtls._handle_rtcp_data = handleRtcp
+        try:
+            await peer.pc.setRemoteDescription(
+                RTCSessionDescription(sdp=self._remoteAnswer(sdp, peer), type="answer"))
+        except Exception as e:
+            _log.info("{what} refused: {error}", what=what, error=e)
+            raise ProtocolError(488, detail=str(e))
+
     def _remoteAnswer(self, sdp: str, peer: _Peer) -> str:
         """
         The answer as aiortc gets it: without mDNS candidates and without
@@ -581,7 +596,6 @@ class AiortcMediaEngine:
         _log.debug("publish answer from {member_id} ({size} characters of SDP)",
                    member_id=_short(memberID), size=len(sdp) if isinstance(sdp, str) else "no")
         negotiated = _sdp.checkAnswer(conn.offerSdp, sdp, "publisher")
-        dtls = conn.dtls
 
         async def handleRtp(data, arrival_time_ms=0):
             conn.plain(data)
@@ -589,15 +603,8 @@ class AiortcMediaEngine:
         async def handleRtcp(data):
             self._publisherRtcp(conn, data)
 
-        dtls._handle_rtp_data = handleRtp
-        dtls._handle_rtcp_data = handleRtcp
-        try:
-            await conn.pc.setRemoteDescription(
-                RTCSessionDescription(sdp=self._remoteAnswer(sdp, conn), type="answer"))
-        except Exception as e:
-            _log.info("publish answer of {member_id} refused: {error}",
-                      member_id=_short(memberID), error=e)
-            raise ProtocolError(488, detail=str(e))
+        await self._applyAnswer(conn, sdp, handleRtp, handleRtcp,
+                                f"publish answer of {_short(memberID)}")
         if conn.closed or pub.pending is not conn or self._publishers.get(memberID) is not pub:
             raise ProtocolError(409, detail="publish superseded")
         conn.answered = True
@@ -830,7 +837,6 @@ class AiortcMediaEngine:
         _log.debug("subscribe answer for {what} ({size} characters of SDP)", what=sub.describe(),
                    size=len(sdp) if isinstance(sdp, str) else "no")
         negotiated = _sdp.checkAnswer(sub.offerSdp, sdp, "subscriber")
-        dtls = sub.dtls
 
         async def handleRtp(data, arrival_time_ms=0):
             self._dropped += 1
@@ -838,14 +844,8 @@ class AiortcMediaEngine:
         async def handleRtcp(data):
             self._subscriberRtcp(sub, data)
 
-        dtls._handle_rtp_data = handleRtp
-        dtls._handle_rtcp_data = handleRtcp
-        try:
-            await sub.pc.setRemoteDescription(
-                RTCSessionDescription(sdp=self._remoteAnswer(sdp, sub), type="answer"))
-        except Exception as e:
-            _log.info("answer for the {what} refused: {error}", what=sub.describe(), error=e)
-            raise ProtocolError(488, detail=str(e))
+        await self._applyAnswer(sub, sdp, handleRtp, handleRtcp,
+                                f"answer for the {sub.describe()}")
         sub.answered = True
         sub.negotiated = {m.kind: m for m in negotiated}
         if sub.pc.connectionState == "connected" and not sub.connected:

@@ -34,7 +34,7 @@ from ahoyconference.interfaces import (
     ProtocolError,
     Role,
 )
-from ahoyconference.policy import MINIMUM_ROLE
+from ahoyconference.policy import roleAllows
 from ahoyconference.tokens import InvalidToken, Invite, secretBytes, verify
 
 #: The values of C{[policy] create}: who may create conferences.
@@ -90,7 +90,7 @@ class TokenPolicy:
 
     def mayRequest(self, client: ClientInfo, role: Role, action: Action, settings):
         """Allowed when the role is at least L{MINIMUM_ROLE} for the action."""
-        return role >= MINIMUM_ROLE.get(action, Role.MODERATOR)
+        return roleAllows(role, action)
 
 
 @implementer(IPolicyPlugin)
