@@ -161,6 +161,15 @@ class LiveHookTests(TestCase):
             pair = connection._nominated[1]
             self.assertEqual(pair.remote_addr[0], "127.0.0.1")
             self.assertTrue(callable(pair.protocol.transport.sendto))
+            # The zero-copy send path (forward.zeroCopySender): the session's C
+            # buffer and srtp_t, and the datagram transport's socket.
+            from ahoyconference.media.forward import zeroCopySender
+
+            zero = zeroCopySender(dtls._tx_srtp.protect, pair.protocol.transport.sendto)
+            self.assertIsNotNone(zero, "the zero-copy path no longer fits pylibsrtp/asyncio")
+            srtp, cdata, view, length, send = zero
+            self.assertGreaterEqual(len(view), 1500)
+            self.assertTrue(callable(send))
             self.assertEqual(transceiver.mid, "0")
             self.assertTrue(transceiver._codecs)
             self.assertIn("sendonly", transceiver.currentDirection)

@@ -29,6 +29,13 @@ from aiortc.rtp import RtcpReceiverInfo, clamp_packets_lost
 
 from ahoyconference.media.speaking import findExtensions
 
+try:  # the zero-copy send path below uses pylibsrtp's cffi binding (pinned: 1.0.0)
+    from pylibsrtp import Session as _SrtpSession
+    from pylibsrtp._binding import ffi as _ffi
+    from pylibsrtp._binding import lib as _srtpLib
+except ImportError:  # pragma: no cover
+    _SrtpSession = _ffi = _srtpLib = None
+
 RING_SIZE = 1024
 """Video packets kept per stream for retransmission on NACK."""
 
@@ -37,6 +44,41 @@ _header = struct.Struct("!BBHII").unpack_from
 _rewrite = struct.Struct("!BHII").pack_into
 _u16 = struct.Struct("!H").pack
 _NTP_EPOCH = 2208988800
+_ZERO_COPY_MAX = 1500 - 144
+"""Largest packet for the zero-copy path: pylibsrtp's 1500-byte buffer less
+SRTP_MAX_TRAILER_LEN (tag + MKI)."""
+
+
+def zeroCopySender(protect: Callable, sendto: Callable) -> tuple | None:
+    """
+    The parts of a zero-copy send path for one output, or C{None} when
+    C{protect} is not a pylibsrtp C{Session.protect} or C{sendto} not an
+    asyncio datagram transport's (then the generic path is used).
+
+    Per packet the generic path copies the packet into a C{bytearray},
+    rewrites it, copies it to C{bytes}, and pylibsrtp copies it into its C
+    buffer, allocates an C{int *}, protects, and copies the result out
+    again; asyncio's C{sendto} then checks its state in Python.  The zero-copy
+    path writes the packet straight into the session's own C buffer,
+    rewrites it there, calls C{srtp_protect} on it with a length pointer
+    allocated once, and hands a C{memoryview} of the result to the socket.
+    The buffer is the one pylibsrtp itself uses for every C{protect} of that
+    session, so the loop must not protect anything else on the session
+    between the write and the C{sendto} (nothing can: one thread, no await).
+    A full socket buffer drops the packet (counted in C{errors}) instead of
+    queueing it in asyncio's transport.
+
+    @return: C{(srtp, cdata, view, lenPointer, socketSendto)}.
+    """
+    session = getattr(protect, "__self__", None)
+    transport = getattr(sendto, "__self__", None)
+    sock = getattr(transport, "_sock", None)
+    if (_SrtpSession is None or not isinstance(session, _SrtpSession) or sock is None
+            or getattr(protect, "__func__", None) is not _SrtpSession.protect):
+        return None
+    cdata = session._cdata
+    return (session._srtp[0], cdata, memoryview(_ffi.buffer(cdata)), _ffi.new("int *"),
+            sock.sendto)
 
 
 def ntpTime(seconds: float) -> int:
@@ -69,8 +111,8 @@ class OutStream:
 
     __slots__ = (
         "kind", "ssrc", "rtxSsrc", "ptByKey", "rtxByPt", "pt", "rtxPt", "mid",
-        "protect", "sendto", "addr", "seqDelta", "tsDelta", "startSeq", "startTs",
-        "rtxSeq", "basePackets", "baseOctets", "errors", "retransmitted", "owner",
+        "_protect", "_sendto", "addr", "seqDelta", "tsDelta", "startSeq", "startTs",
+        "rtxSeq", "basePackets", "baseOctets", "errors", "retransmitted", "owner", "zeroCopy",
     )
 
     def __init__(self, kind: str, ssrc: int, ptByKey: dict, rtxByPt: dict, rtxSsrc: int | None,
@@ -83,8 +125,8 @@ class OutStream:
         self.pt = -1
         self.rtxPt = None
         self.mid = mid
-        self.protect = protect
-        self.sendto = sendto
+        self._protect = protect
+        self._sendto = sendto
         self.addr = addr
         self.seqDelta: int | None = None
         self.tsDelta = 0
@@ -96,6 +138,28 @@ class OutStream:
         self.errors = 0
         self.retransmitted = 0
         self.owner = owner
+        self.zeroCopy = zeroCopySender(protect, sendto)
+
+    # Replacing protect or sendto (tests drop packets that way) turns the
+    # zero-copy path off unless the new pair qualifies again.
+
+    @property
+    def protect(self) -> Callable:
+        return self._protect
+
+    @protect.setter
+    def protect(self, value: Callable) -> None:
+        self._protect = value
+        self.zeroCopy = zeroCopySender(value, self._sendto)
+
+    @property
+    def sendto(self) -> Callable:
+        return self._sendto
+
+    @sendto.setter
+    def sendto(self, value: Callable) -> None:
+        self._sendto = value
+        self.zeroCopy = zeroCopySender(self._protect, value)
 
 
 class InStream:
@@ -264,20 +328,39 @@ class InStream:
         outs = self.active
         if not outs:
             return
-        b = bytearray(data)
+        size = len(data)
+        small = size <= _ZERO_COPY_MAX
+        protect = _srtpLib.srtp_protect if _srtpLib is not None else None
+        b = None
         marker = b1 & 0x80
         for o in outs:
-            _rewrite(b, 1, marker | o.pt, (seq + o.seqDelta) & 0xFFFF,
-                     (ts + o.tsDelta) & 0xFFFFFFFF, o.ssrc)
-            if midOffset:
-                b[midOffset] = o.mid
+            z = o.zeroCopy
             try:
-                o.sendto(o.protect(bytes(b)), o.addr)
+                if z is not None and small:
+                    srtp, cdata, view, length, send = z
+                    view[:size] = data
+                    _rewrite(view, 1, marker | o.pt, (seq + o.seqDelta) & 0xFFFF,
+                             (ts + o.tsDelta) & 0xFFFFFFFF, o.ssrc)
+                    if midOffset:
+                        view[midOffset] = o.mid
+                    length[0] = size
+                    if protect(srtp, cdata, length):
+                        o.errors += 1
+                        continue
+                    send(view[:length[0]], o.addr)
+                else:
+                    if b is None:
+                        b = bytearray(data)
+                    _rewrite(b, 1, marker | o.pt, (seq + o.seqDelta) & 0xFFFF,
+                             (ts + o.tsDelta) & 0xFFFFFFFF, o.ssrc)
+                    if midOffset:
+                        b[midOffset] = o.mid
+                    o.sendto(o.protect(bytes(b)), o.addr)
             except Exception:  # SRTP or socket trouble: count it, never raise into aioice
                 o.errors += 1
         n = len(outs)
         self.fwdPackets += n
-        self.fwdOctets += n * len(data)
+        self.fwdOctets += n * size
 
     def _newSource(self, ssrc: int, pt: int, seq: int, ts: int) -> bool:
         key = self.codecs.get(pt)
