@@ -320,7 +320,8 @@ class ConferenceService(MultiService):
         self.counters["errors"][status] += 1
         if request == "CONFERENCE_JOIN_request":
             self.counters["refused"][status] += 1
-        log = _log.info if request in self.LOGGED_REFUSALS or status >= 500 else _log.debug
+        # 500 is a bug and 503 a server-wide limit: both matter; 501 is client noise.
+        log = _log.info if request in self.LOGGED_REFUSALS or status in (500, 503) else _log.debug
         log("refused {request} from {ip}: {status}{detail}", request=request,
             ip=client.ip, status=status, detail=f" ({detail})" if detail else "")
 
