@@ -1014,9 +1014,8 @@ def proc_majflt(pids: list[int]) -> int:
     return total
 
 
-def udp_drops(pids: list[int]) -> int:
-    """Datagrams the kernel dropped on the UDP sockets of these processes
-    (receive buffer full), from the `drops` column of /proc/net/udp[6]."""
+def _socket_inodes(pids: list[int]) -> set[str]:
+    """The inodes of the sockets these processes have open."""
     inodes = set()
     for pid in pids:
         try:
@@ -1029,6 +1028,13 @@ def udp_drops(pids: list[int]) -> int:
                     inodes.add(link[8:-1])
         except OSError:
             pass
+    return inodes
+
+
+def udp_drops(pids: list[int]) -> int:
+    """Datagrams the kernel dropped on the UDP sockets of these processes
+    (receive buffer full), from the `drops` column of /proc/net/udp[6]."""
+    inodes = _socket_inodes(pids)
     total = 0
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
@@ -1046,18 +1052,7 @@ def udp_drops(pids: list[int]) -> int:
 def udp_rx_queue_bytes(pids: list[int]) -> int:
     """Bytes waiting in the receive queues of these processes' UDP sockets
     (rx_queue of /proc/net/udp): a growing value means the process is behind."""
-    inodes = set()
-    for pid in pids:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
-        except OSError:
-            pass
+    inodes = _socket_inodes(pids)
     total = 0
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
