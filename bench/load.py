@@ -1031,11 +1031,9 @@ def _socket_inodes(pids: list[int]) -> set[str]:
     return inodes
 
 
-def udp_drops(pids: list[int]) -> int:
-    """Datagrams the kernel dropped on the UDP sockets of these processes
-    (receive buffer full), from the `drops` column of /proc/net/udp[6]."""
+def _udp_rows(pids: list[int]):
+    """The split rows of /proc/net/udp[6] for these processes' sockets."""
     inodes = _socket_inodes(pids)
-    total = 0
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             with open(table) as f:
@@ -1043,28 +1041,21 @@ def udp_drops(pids: list[int]) -> int:
                 for line in f:
                     cols = line.split()
                     if len(cols) > 12 and cols[9] in inodes:
-                        total += int(cols[12])
+                        yield cols
         except OSError:
             pass
-    return total
+
+
+def udp_drops(pids: list[int]) -> int:
+    """Datagrams the kernel dropped on the UDP sockets of these processes
+    (receive buffer full), from the `drops` column of /proc/net/udp[6]."""
+    return sum(int(cols[12]) for cols in _udp_rows(pids))
 
 
 def udp_rx_queue_bytes(pids: list[int]) -> int:
     """Bytes waiting in the receive queues of these processes' UDP sockets
     (rx_queue of /proc/net/udp): a growing value means the process is behind."""
-    inodes = _socket_inodes(pids)
-    total = 0
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    cols = line.split()
-                    if len(cols) > 9 and cols[9] in inodes:
-                        total += int(cols[4].split(":")[1], 16)
-        except OSError:
-            pass
-    return total
+    return sum(int(cols[4].split(":")[1], 16) for cols in _udp_rows(pids))
 
 
 def udp_rcvbuf_errors() -> int:
