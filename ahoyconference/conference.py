@@ -37,6 +37,10 @@ class Member:
     @ivar forced: kind → muted by a moderator (forwarding stopped; only a
         moderator may lift it).
     @ivar available: kind → media of that kind is arriving.
+    @ivar sharing: kind → the member asked to share it (C{MEDIA_SHARE_request}).
+    @ivar shareEpoch: how many C{MEDIA_indication}s with media available
+        went out about this member; a subscriber's session compares it to
+        tell whether its client saw one after an offer (protocol.md 4.10).
     """
 
     def __init__(self, name: str, role: Role, client: ClientInfo, sink: MemberSink,
@@ -53,6 +57,7 @@ class Member:
         self.available = {"audio": False, "video": False}
         self.sharing = {"audio": False, "video": False}
         self.speaking = False
+        self.shareEpoch = 0
 
     @property
     def moderator(self) -> bool:
@@ -257,6 +262,7 @@ class Conference:
         """
         byModerator = target is not requester
         forwarding = []
+        before = dict(target.muted)
         if not requester.moderator:
             for kind, muted in changes.items():
                 if not muted and target.forced[kind]:
@@ -267,11 +273,40 @@ class Conference:
                 if target.forced[kind] != muted:
                     target.forced[kind] = muted
                     forwarding.append((kind, not muted))
-        self.announceMedia(target)
+        flipped = [kind for kind in KINDS if target.muted[kind] != before[kind]]
+        if flipped:
+            # protocol.md 4.10: an indication for the new state, then an event per change.
+            if target.muted["audio"] and target.speaking:
+                target.speaking = False
+            self.announceMedia(target)
+            for kind in flipped:
+                self.announceEvent(target, f"{kind}_{'mute' if target.muted[kind] else 'unmute'}")
         return forwarding
 
     def announceMedia(self, member: Member, exclude: Member | None = None) -> None:
-        """Send everyone (but C{exclude}) a C{MEDIA_indication} with the member's state (2.4)."""
+        """
+        Send everyone (but C{exclude}) a C{MEDIA_indication} with the
+        member's state (2.4).  Only for a change of C{available} or C{muted}:
+        the original client re-subscribes on each one (protocol.md 4.10).
+        """
         message = {"messageType": "MEDIA_indication", "member": member.ref()}
         message.update(member.mediaState())
+        if any(member.available.values()):
+            member.shareEpoch += 1
         self.broadcast(message, exclude=exclude)
+
+    #: The C{event}s of C{MEDIA_event} (protocol.md 4.10).
+    EVENTS = frozenset({"start_speaking", "stop_speaking", "audio_mute", "audio_unmute",
+                        "video_mute", "video_unmute"})
+
+    def announceEvent(self, member: Member, event: str) -> None:
+        """Send everyone a C{MEDIA_event} about the member (protocol.md 4.10)."""
+        assert event in self.EVENTS, event
+        self.broadcast({"messageType": "MEDIA_event", "member": member.ref(), "event": event})
+
+    def setSpeaking(self, member: Member, speaking: bool) -> None:
+        """The member started or stopped speaking: a C{MEDIA_event}, no indication."""
+        if member.speaking == speaking:
+            return
+        member.speaking = speaking
+        self.announceEvent(member, "start_speaking" if speaking else "stop_speaking")

@@ -153,6 +153,23 @@ class IConferencePolicy(Interface):
         """
 
 
+class IInvitationPolicy(IConferencePolicy):
+    """
+    A policy that also admits by invitation: a C{CONFERENCE_JOIN_request}
+    with C{invitation} and no C{conferenceID} (protocol.md 4.10).  The
+    invitation is then passed to C{roleFor} as the password.
+    """
+
+    def readInvitation(invitation: str) -> tuple[str, str | None]:
+        """
+        Which conference does this invitation admit to?
+
+        @return: C{(conferenceID, name)}: C{name} is the display name the
+            invitation fixes, or C{None}.
+        @raise ProtocolError: 403 for an invitation that is not valid.
+        """
+
+
 class IPolicyPlugin(IPlugin):
     """
     A Twisted plugin (in an C{ahoyconference.plugins} package) that makes a

@@ -12,6 +12,7 @@ conferences: this module owns the shapes, not the rules.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ MAX_BITRATE_KBPS = 100_000
 MAX_TIME_LIMIT = 31 * 24 * 3600
 MAX_MEMBER_LIMIT = 100_000
 MAX_MEDIA_ENTRIES = 1000
+MAX_INVITATION_LENGTH = 4096
 
 
 @dataclass(frozen=True)
@@ -106,9 +108,12 @@ class _Field:
                 raise ProtocolError(400, detail=f"{name} is empty")
             return value
         if self.kind == "bool":
-            if not isinstance(value, bool):
-                raise ProtocolError(400, detail=f"{name} must be true or false")
-            return value
+            # protocol.md 4.10: the original client sends flags as 0/1.
+            if isinstance(value, bool):
+                return value
+            if type(value) is int and value in (0, 1):
+                return bool(value)
+            raise ProtocolError(400, detail=f"{name} must be true or false (or 0/1)")
         if self.kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ProtocolError(400, detail=f"{name} must be an integer")
@@ -137,9 +142,11 @@ REQUESTS: dict[str, dict[str, _Field]] = {
         "timeLimit": _Field("int", low=1, high=MAX_TIME_LIMIT),
     },
     "CONFERENCE_JOIN_request": {
-        "conferenceID": _Field("str", required=True, low=1, maxBytes=MAX_ID_LENGTH),
+        # Required unless an invitation names the conference (protocol.md 4.10).
+        "conferenceID": _Field("str", low=1, maxBytes=MAX_ID_LENGTH),
         "name": _Field("str", default="", maxBytes="max_name_bytes"),
         "password": _PASSWORD,
+        "invitation": _Field("str", low=1, maxBytes=MAX_INVITATION_LENGTH),
     },
     "MEDIA_SHARE_request": {
         "audio": _FLAG,
@@ -156,7 +163,9 @@ REQUESTS: dict[str, dict[str, _Field]] = {
         "description": _Field("str", required=True, maxBytes="max_description_bytes"),
     },
     "CONFERENCE_LOCK_request": {
-        "locked": _Field("bool", required=True),
+        # One of the two is required (parseParams).
+        "locked": _Field("bool"),
+        "lock": _Field("bool"),
     },
     "MEDIA_MUTE_request": {
         "audio": _Field("bool"),
@@ -179,10 +188,49 @@ def _mediaMembers(body: dict, limits: Limits) -> list[dict]:
             raise ProtocolError(400, detail="members entries must be objects")
         out.append({
             "memberID": _ID.check("memberID", entry.get("memberID"), limits),
-            "audio": _FLAG.check("audio", entry.get("audio", False), limits),
-            "video": _FLAG.check("video", entry.get("video", False), limits),
+            "audio": _FLAG.check("audio", _orFalse(entry.get("audio")), limits),
+            "video": _FLAG.check("video", _orFalse(entry.get("video")), limits),
         })
     return out
+
+
+def _orFalse(value: Any) -> Any:
+    """C{None} (absent or JSON null) means not set: false."""
+    return False if value is None else value
+
+
+_ESCAPE = re.compile(r"%u([0-9A-Fa-f]{4})|%([0-9A-Fa-f]{2})|%")
+
+
+def unescapeSdp(sdp: str) -> str:
+    """
+    Undo JavaScript's C{escape()} on an SDP (protocol.md 4.10): the original
+    client sends C{escape(answer.sdp)}.  A plain SDP (it has line breaks) is
+    returned as it is.
+
+    Unlike JavaScript's C{unescape()}, which leaves broken sequences alone,
+    this refuses them: a C{%} that starts no C{%XX} or C{%uXXXX}, or a lone
+    UTF-16 surrogate, is a client bug, not an SDP.
+
+    @raise ProtocolError: 400 for an encoding that does not decode.
+    """
+    if "\n" in sdp or "%" not in sdp:
+        return sdp
+
+    def one(match: re.Match) -> str:
+        wide, byte = match.group(1), match.group(2)
+        if wide is not None:
+            return chr(int(wide, 16))
+        if byte is not None:
+            return chr(int(byte, 16))
+        raise ProtocolError(400, detail="the SDP's %-encoding does not decode")
+
+    text = _ESCAPE.sub(one, sdp)
+    try:
+        # JavaScript strings are UTF-16: %uD83D%uDE00 is one character.
+        return text.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        raise ProtocolError(400, detail="the SDP's %-encoding holds a lone surrogate")
 
 
 def _chatMessage(body: dict, limits: Limits) -> dict:
@@ -213,9 +261,20 @@ def parseParams(envelope: Envelope, limits: Limits) -> dict:
             params[name] = spec.default
         else:
             params[name] = spec.check(name, body[name], limits)
-    if envelope.messageType == "MEDIA_request":
+    mtype = envelope.messageType
+    if mtype == "MEDIA_request":
         params["members"] = _mediaMembers(body, limits)
-    elif envelope.messageType == "CHAT_MESSAGE_request":
+    elif mtype == "CONFERENCE_LOCK_request":
+        # protocol.md 4.3 and 4.10: the original client says lock, we say locked.
+        lock = params.pop("lock")
+        if params["locked"] is None:
+            if lock is None:
+                raise ProtocolError(400, detail="locked is missing")
+            params["locked"] = lock
+    elif mtype == "CONFERENCE_JOIN_request":
+        if params["conferenceID"] is None and params["invitation"] is None:
+            raise ProtocolError(400, detail="conferenceID is missing")
+    elif mtype == "CHAT_MESSAGE_request":
         params["message"] = _chatMessage(body, limits)
     return params
 

@@ -13,13 +13,14 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from zope.interface import implementer
 
-from ahoyconference.conference import Conference, Member
+from ahoyconference.conference import KINDS, Conference, Member
 from ahoyconference.config import Config
 from ahoyconference.interfaces import (
     Action,
     ClientInfo,
     ConferenceSettings,
     IConferencePolicy,
+    IInvitationPolicy,
     IMediaEngine,
     IMediaListener,
     ProtocolError,
@@ -55,6 +56,7 @@ class ConferenceService(MultiService):
             "refused": Counter(), "errors": Counter(), "joins": Counter(), "created": Counter(),
         }
         self._idle: dict[str, object] = {}
+        self._shareTimers: dict[str, object] = {}
         self._creators: dict[str, str] = {}
         self._passwordFailures = FailureBackoff(
             clock, config.limits.password_failures, config.limits.password_backoff)
@@ -78,10 +80,11 @@ class ConferenceService(MultiService):
                 session.transport.close(1001, "server shutting down")
             for conference in list(self.conferences.values()):
                 self._removeConference(conference, "server stopping")
-            for call in list(self._idle.values()):
+            for call in list(self._idle.values()) + list(self._shareTimers.values()):
                 if call.active():
                     call.cancel()
             self._idle.clear()
+            self._shareTimers.clear()
             return defer.maybeDeferred(MultiService.stopService, self)
 
         d.addCallback(closeRest)
@@ -191,7 +194,7 @@ class ConferenceService(MultiService):
         """
         Create a conference from C{CONFERENCE_CREATE_request} parameters.
 
-        @return: a Deferred firing with the L{Conference}; failing with 409
+        @return: a Deferred firing with the L{Conference}; failing with 486
             (the ID exists), 503 (a server-wide limit) or the policy's refusal.
         """
         cid = params["conferenceID"] or secrets.token_hex(16)
@@ -219,7 +222,8 @@ class ConferenceService(MultiService):
 
     def _checkCreate(self, client: ClientInfo, cid: str) -> None:
         if cid in self.conferences:
-            raise ProtocolError(409)
+            # protocol.md 4.1: the original client reads 486 as "exists, go on and join".
+            raise ProtocolError(486, reason="conference exists")
         if len(self.conferences) >= self.config.limits.max_conferences:
             raise ProtocolError(503, detail="too many conferences")
         perClient = self.config.limits.max_conferences_per_client
@@ -280,6 +284,8 @@ class ConferenceService(MultiService):
         @return: a Deferred firing with C{(member, responseFields)}, or failing
             with 404, 403, 470, 486 or 503.
         """
+        if params.get("invitation") is not None:
+            params = self._invitationJoin(params)
         cid = params["conferenceID"]
         conf = self.conference(cid)
         self._passwordFailures.check((cid, client.ip))
@@ -310,6 +316,23 @@ class ConferenceService(MultiService):
         d.addErrback(badPassword)
         return d.addCallback(admit)
 
+    def _invitationJoin(self, params: dict) -> dict:
+        """
+        A join with an C{invitation} (protocol.md 4.10): the policy reads the
+        conference (and the name, if the invitation fixes one) from it, and
+        the invitation is the password.
+
+        @raise ProtocolError: 400 when the policy knows no invitations, 403
+            when it refuses this one or it names another conference.
+        """
+        if not IInvitationPolicy.providedBy(self.policy):
+            raise ProtocolError(400, detail="this server's policy takes no invitations")
+        cid, name = self.policy.readInvitation(params["invitation"])
+        if params["conferenceID"] not in (None, cid):
+            raise ProtocolError(403, detail="the invitation is for another conference")
+        return dict(params, conferenceID=cid, password=params["invitation"],
+                    name=params["name"] or name or "")
+
     #: Refusals worth an info line; other error responses are logged at debug
     #: level, so that a client sending garbage cannot flood the log.
     LOGGED_REFUSALS = frozenset({"CONFERENCE_CREATE_request", "CONFERENCE_JOIN_request",
@@ -329,6 +352,9 @@ class ConferenceService(MultiService):
         """Remove a member from its conference and free its media."""
         conf = member.conference
         self.members.pop(member.memberID, None)
+        call = self._shareTimers.pop(member.memberID, None)
+        if call is not None and call.active():
+            call.cancel()
         self.engine.removeMember(member.memberID)
         if conf is None:
             return
@@ -359,28 +385,49 @@ class ConferenceService(MultiService):
 
     # -- IMediaListener --------------------------------------------------
 
+    #: Seconds to wait, when one kind of a share is up, for the other kind
+    #: before announcing what is there (protocol.md 4.10: one indication).
+    SHARE_GRACE = 3.0
+
     def mediaAvailable(self, memberID: str, kind: str, available: bool) -> None:
-        """Announce that a member's media of C{kind} started or stopped."""
+        """
+        A member's media of C{kind} started or stopped arriving.  Coming up,
+        the C{MEDIA_indication} waits until every kind it shares is up (at
+        most L{SHARE_GRACE} seconds), so that clients see one per share.
+        """
         member = self.members.get(memberID)
         if member is None or member.conference is None:
             return
         if member.available[kind] == available:
             return
         member.available[kind] = available
-        if kind == "audio" and not available:
-            member.speaking = False
+        if kind == "audio" and not available and member.speaking:
+            member.conference.setSpeaking(member, False)
         _log.info("media {kind} {state} for member {member_id} in {conference_id}", kind=kind,
                   state="up" if available else "down", member_id=memberID[:12],
                   conference_id=member.conference.conferenceID)
-        member.conference.announceMedia(member)
+        waiting = [k for k in KINDS if member.sharing[k] and not member.available[k]]
+        if available and waiting:
+            if memberID not in self._shareTimers:
+                self._shareTimers[memberID] = self.clock.callLater(
+                    self.SHARE_GRACE, self._announceShare, memberID)
+            return
+        self._announceShare(memberID)
+
+    def _announceShare(self, memberID: str) -> None:
+        call = self._shareTimers.pop(memberID, None)
+        if call is not None and call.active():
+            call.cancel()
+        member = self.members.get(memberID)
+        if member is not None and member.conference is not None:
+            member.conference.announceMedia(member)
 
     def speakingChanged(self, memberID: str, speaking: bool) -> None:
-        """Announce a change of a member's speaking state."""
+        """A member started or stopped speaking: a C{MEDIA_event} (protocol.md 4.10)."""
         member = self.members.get(memberID)
-        if member is None or member.conference is None or member.speaking == speaking:
+        if member is None or member.conference is None:
             return
-        member.speaking = speaking
-        member.conference.announceMedia(member)
+        member.conference.setSpeaking(member, speaking)
 
 
 class _BadPolicyAnswer(Exception):

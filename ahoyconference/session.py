@@ -27,6 +27,7 @@ from ahoyconference.messages import (
     parseEnvelope,
     parseParams,
     responseTypeFor,
+    unescapeSdp,
 )
 
 _log = logger(__name__)
@@ -47,6 +48,7 @@ class Session:
         self.transport = transport
         self.member: Member | None = None
         self._pending: dict[tuple[str, str], tuple[str, str | None]] = {}
+        self._offers: dict[str, _Offer] = {}  # publisherID → the subscription offer out
         self._lock = defer.DeferredLock()
         limits = service.config.limits
         self._joinRate = RateLimiter(service.clock, limits.join_rate)
@@ -66,6 +68,7 @@ class Session:
         self.service.sessions.discard(self)
         member, self.member = self.member, None
         self._pending.clear()
+        self._offers.clear()
         if member is not None:
             self.service.leave(member, "disconnected from")
 
@@ -84,6 +87,7 @@ class Session:
         """Close the connection (kicked); the member is already gone."""
         self.member = None
         self._pending.clear()
+        self._offers.clear()
         self.transport.close(1000, "kicked")
 
     def send(self, message: dict) -> None:
@@ -181,6 +185,7 @@ class Session:
         """1.5: leave the conference."""
         member, self.member = self.member, None
         self._pending.clear()
+        self._offers.clear()
         self.service.leave(member)
         return {}
 
@@ -305,23 +310,66 @@ class Session:
             if not (entry["audio"] or entry["video"]):
                 engine.unsubscribe(member.memberID, pid)
                 self._dropPending("SDP_response", pid)
+                self._offers.pop(pid, None)
                 continue
-            audio = entry["audio"] and engine.isPublishing(pid, "audio")
-            video = entry["video"] and engine.isPublishing(pid, "video")
-            if not (audio or video):
+            outstanding = self._offers.get(pid)
+            if outstanding is not None and not outstanding.abandoned(self.service.clock.seconds()):
+                # protocol.md 4.10: never a second offer while one is unanswered.
+                outstanding.queued = entry
                 continue
-            try:
-                offer = yield engine.subscribe(member.memberID, pid, audio, video)
-            except ProtocolError as e:
-                _log.info("subscription of {member_id} to {publisher_id} refused: {status}",
-                          member_id=member.memberID[:12], publisher_id=pid[:12], status=e.status)
-                continue
-            if self.member is not member or publisher.conference is None:
-                engine.unsubscribe(member.memberID, pid)
-                continue
-            self._pending[("SDP_response", pid)] = ("subscribe", pid)
-            self.send({"messageType": "SDP_request", "sdp": offer, "member": publisher.ref(),
-                       "transactionID": pid})
+            yield self._offerSubscription(member, publisher, entry)
+
+    @defer.inlineCallbacks
+    def _offerSubscription(self, member: Member, publisher: Member, entry: dict):
+        """
+        Make (or replace) one subscription and send its C{SDP_request}; the
+        offer is then outstanding until the client answers it.
+        """
+        engine = self.service.engine
+        pid = publisher.memberID
+        audio = entry["audio"] and engine.isPublishing(pid, "audio")
+        video = entry["video"] and engine.isPublishing(pid, "video")
+        if not (audio or video):
+            return
+        offer = _Offer(self.service.clock.seconds(), publisher.shareEpoch)
+        self._offers[pid] = offer
+        try:
+            sdp = yield engine.subscribe(member.memberID, pid, audio, video)
+        except ProtocolError as e:
+            _log.info("subscription of {member_id} to {publisher_id} refused: {status}",
+                      member_id=member.memberID[:12], publisher_id=pid[:12], status=e.status)
+            if self._offers.get(pid) is offer:
+                del self._offers[pid]
+            return
+        if self.member is not member or publisher.conference is None:
+            engine.unsubscribe(member.memberID, pid)
+            self._offers.pop(pid, None)
+            return
+        if self._offers.get(pid) is not offer:  # ended while the offer was being made
+            return
+        offer.sentAt = self.service.clock.seconds()
+        offer.shareEpoch = publisher.shareEpoch
+        self._pending[("SDP_response", pid)] = ("subscribe", pid)
+        self.send({"messageType": "SDP_request", "sdp": sdp, "member": publisher.ref(),
+                   "transactionID": pid})
+
+    def _offerSettled(self, publisherID: str) -> defer.Deferred | None:
+        """
+        The client answered (or declined) the outstanding offer for this
+        publisher.  A C{MEDIA_request} that came while it was outstanding gets
+        its own offer only if the client had been told of new media after
+        that offer went out (it re-subscribes on every C{MEDIA_indication}
+        with C{available: true}, protocol.md 4.10); one sent before is
+        answered by the offer it has already answered.
+        """
+        offer = self._offers.pop(publisherID, None)
+        member = self.member
+        if offer is None or offer.queued is None or member is None:
+            return None
+        publisher = member.conference.members.get(publisherID) if member.conference else None
+        if publisher is None or publisher.shareEpoch <= offer.shareEpoch:
+            return None
+        return self._offerSubscription(member, publisher, offer.queued)
 
     # -- the client's answers to our requests ------------------------------
 
@@ -333,7 +381,8 @@ class Session:
                         envelope.messageType + " (not expected)")
             return None
         body = envelope.body
-        status, sdp = body.get("status"), body.get("sdp")
+        # protocol.md 4.10: a response without status means 200.
+        status, sdp = body.get("status", 200), body.get("sdp")
         if isinstance(status, bool) or not isinstance(status, int):
             self._error("ERROR_response", envelope.transactionID, ProtocolError(400),
                         envelope.messageType)
@@ -344,10 +393,15 @@ class Session:
             del self._pending[key]
             _log.info("member {member_id} declined a {kind} offer: {status}",
                       member_id=member.memberID[:12], kind=kind, status=status)
+            if kind == "subscribe":
+                return self._offerSettled(publisherID)
             return None
-        if not isinstance(sdp, str) or len(sdp) > self.service.config.limits.max_message_bytes:
-            self._error("ERROR_response", envelope.transactionID, ProtocolError(400),
-                        envelope.messageType)
+        try:
+            if not isinstance(sdp, str) or len(sdp) > self.service.config.limits.max_message_bytes:
+                raise ProtocolError(400, detail="sdp must be a string")
+            sdp = unescapeSdp(sdp)  # protocol.md 4.10: the original client escape()s it
+        except ProtocolError as e:
+            self._error("ERROR_response", envelope.transactionID, e, envelope.messageType)
             return None
         engine = self.service.engine
         if kind == "publish":
@@ -357,6 +411,8 @@ class Session:
 
         def accepted(_):
             self._pending.pop(key, None)
+            if kind == "subscribe":
+                return self._offerSettled(publisherID)
 
         def failed(f):
             if f.check(ProtocolError):
@@ -366,4 +422,29 @@ class Session:
                 error = ProtocolError(500)
             self._error("ERROR_response", envelope.transactionID, error, envelope.messageType)
 
-        return d.addCallbacks(accepted, failed)
+        d.addCallbacks(accepted, failed)
+        return d.addErrback(lambda f: _log.failure("internal error after an answer", f))
+
+
+class _Offer:
+    """
+    A subscription offer (C{SDP_request}) the client has not answered yet.
+
+    @ivar sentAt: when it was made (clock seconds).
+    @ivar shareEpoch: the publisher's L{Member.shareEpoch} when it went out.
+    @ivar queued: the C{MEDIA_request} entry for the same publisher that
+        came while it was outstanding, if any.
+    """
+
+    #: After this many seconds without an answer the offer is abandoned and a
+    #: new C{MEDIA_request} for the publisher is offered at once.
+    TIMEOUT = 10.0
+
+    def __init__(self, sentAt: float, shareEpoch: int):
+        self.sentAt = sentAt
+        self.shareEpoch = shareEpoch
+        self.queued: dict | None = None
+
+    def abandoned(self, now: float) -> bool:
+        """Has the client left it unanswered for too long?"""
+        return now - self.sentAt > self.TIMEOUT

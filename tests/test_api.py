@@ -142,13 +142,16 @@ class CreateTests(APITestCase):
         self.assertEqual(b["conferenceName"], "Board")
 
     @asyncTest
-    async def test_createExisting409(self):
-        """An existing ID is a conflict and changes nothing."""
+    async def test_createExisting486(self):
+        """
+        An existing ID is 486 "conference exists" (protocol.md 4.1: the
+        original client reads it as "go on and join") and changes nothing.
+        """
         s = await self.server()
         c = await self.connect(s.url)
         await c.request("CONFERENCE_CREATE_request", conferenceID="a", description="one")
         r = await c.request("CONFERENCE_CREATE_request", conferenceID="a", description="two")
-        self.assertEqual((r["status"], r["reason"]), (409, "conflict"))
+        self.assertEqual((r["status"], r["reason"]), (486, "conference exists"))
         self.assertEqual(s.service.conferences["a"].description, "one")
 
     @asyncTest

@@ -36,7 +36,8 @@ def snapshot(service) -> dict:
 
 def hostileFrames(rng: random.Random, memberID: str, count: int) -> list:
     """Malformed frames: junk, deep JSON, wrong types, unknown types, stray responses."""
-    wrongValues = [None, True, False, 0, -1, 2**63, 1.5, float("nan"), "", "x" * 3000, [],
+    # (No 0: it is a valid flag, protocol.md 4.10, and a listener may announce a mute.)
+    wrongValues = [None, True, False, -1, 2**63, 1.5, float("nan"), "", "x" * 3000, [],
                    {}, [[[]]], {"a": {"b": {}}}, "\u0000\ud7ff\uffff", "💥" * 100]
     frames: list = [
         b"\xff\xfe\x00" * 10, "", "{", "}", "null", "[]", "1e999999", "-" * 100,
@@ -64,7 +65,7 @@ def hostileFrames(rng: random.Random, memberID: str, count: int) -> list:
             body["conferenceID"] = rng.choice(["room", "nope", 5])
             body["password"] = rng.choice(["wrong", 0, None])
         if mtype == "CONFERENCE_CREATE_request":
-            body["conferenceID"] = rng.choice(["room", 5, "", None])  # 409 or 400, never new
+            body["conferenceID"] = rng.choice(["room", 5, "", None])  # 486 or 400, never new
         if mtype == "CONFERENCE_LEAVE_request":
             continue  # a valid leave would change the state on purpose
         frames.append(rng.choice([json.dumps(body, allow_nan=True),

@@ -85,10 +85,10 @@ class MediaThroughServerTests(TestCase):
         self.assertTrue({n for t, n, ok in subscriber.frames} <= set(publisher.video.sent))
         frequency, rms = subscriber.tone()
         self.assertTrue(425 < frequency < 455 and rms > 1000, (frequency, rms))
+        # speaking is a MEDIA_event, never a MEDIA_indication (protocol.md 4.10)
         while True:
-            indication = await bob.expect("MEDIA_indication")
-            if indication["member"]["memberID"] == aliceID and \
-                    indication["audio"].get("speaking"):
+            event = await bob.expect("MEDIA_event")
+            if event["member"]["memberID"] == aliceID and event["event"] == "start_speaking":
                 break
 
         # a moderator (everyone is, in a room without passwords) mutes her video

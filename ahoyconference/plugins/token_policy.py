@@ -29,7 +29,7 @@ from ahoyconference.interfaces import (
     Action,
     ClientInfo,
     ConferenceSettings,
-    IConferencePolicy,
+    IInvitationPolicy,
     IPolicyPlugin,
     ProtocolError,
     Role,
@@ -41,7 +41,7 @@ from ahoyconference.tokens import InvalidToken, Invite, secretBytes, verify
 CREATE_MODES = ("token", "anyone", "nobody")
 
 
-@implementer(IConferencePolicy)
+@implementer(IInvitationPolicy)
 class TokenPolicy:
     """
     Roles from signed tokens; L{MINIMUM_ROLE} says who may do what.
@@ -60,11 +60,14 @@ class TokenPolicy:
         self.clock = clock
         self.create = create
 
-    def _invite(self, token: str, conferenceID: str) -> Invite:
+    def _verify(self, token: str) -> Invite:
         try:
-            invite = verify(self._key, token, self.clock.seconds())
+            return verify(self._key, token, self.clock.seconds())
         except InvalidToken as e:
             raise ProtocolError(403, detail=f"token refused: {e}")
+
+    def _invite(self, token: str, conferenceID: str) -> Invite:
+        invite = self._verify(token)
         if invite.conferenceID != conferenceID:
             raise ProtocolError(403, detail="token refused: for another conference")
         return invite
@@ -87,6 +90,11 @@ class TokenPolicy:
         if invite.name is not None and invite.name != name:
             raise ProtocolError(403, detail="token refused: for another name")
         return invite.role
+
+    def readInvitation(self, invitation: str) -> tuple[str, str | None]:
+        """An invitation is a token: its conference and its name (protocol.md 4.10)."""
+        invite = self._verify(invitation)
+        return invite.conferenceID, invite.name
 
     def mayRequest(self, client: ClientInfo, role: Role, action: Action, settings):
         """Allowed when the role is at least L{MINIMUM_ROLE} for the action."""

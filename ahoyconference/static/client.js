@@ -105,7 +105,7 @@
       if (err.status === 404 && context && context.conferenceID) {
         text = "There is no conference \u201c" + context.conferenceID + "\u201d.";
       }
-      if (err.status === 409 && context && context.create) {
+      if ((err.status === 486 || err.status === 409) && context && context.create) {
         text = "A conference with that ID already exists.";
       }
       if (err.status === 403 && context && context.join) {
