@@ -198,6 +198,7 @@
       case "CONFERENCE_DESCRIPTION_indication": return onDescriptionIndication(msg);
       case "CONFERENCE_LOCK_indication": return onLockIndication(msg);
       case "MEDIA_indication": return onMediaIndication(msg);
+      case "MEDIA_event": return onMediaEvent(msg);
       case "CHAT_MESSAGE_indication": return onChatIndication(msg);
       default:
         logEvent("unhandled message " + type + " " + (msg.status || ""));
@@ -510,6 +511,19 @@
     mergeMedia(member, msg);
     renderTile(member);
     updateSubscription(member);
+  }
+
+  // Speaking (and mute changes) come as MEDIA_event (protocol.md 4.10); the
+  // mute state itself comes with the MEDIA_indication that goes with them.
+  function onMediaEvent(msg) {
+    if (state.screen !== "room" || !msg.member) return;
+    var id = msg.member.memberID;
+    var member = (state.me && id === state.me.memberID) ? state.me : state.members[id];
+    if (!member) return;
+    if (msg.event === "start_speaking") member.speaking = true;
+    else if (msg.event === "stop_speaking" || msg.event === "audio_mute") member.speaking = false;
+    else return;
+    renderTile(member);
   }
 
   // ---------------------------------------------------------------- chat
