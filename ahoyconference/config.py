@@ -76,6 +76,8 @@ class Config:
     metrics_enabled: bool = True
     metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")
     log_level: str = "info"
+    #: The C{[cluster]} table (checked), or C{None}: the server runs alone.
+    cluster: dict | None = None
     path: str | None = None
 
     def replace(self, **changes: Any) -> Config:
@@ -122,6 +124,13 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "metrics": {
         "enabled": ((bool,), None),
         "allow": ((list,), None),
+    },
+    "cluster": {
+        "redis": ((str,), None),
+        "node_url": ((str,), None),
+        "node_id": ((str,), None),
+        "ttl": (_NUM, 1),
+        "record_ttl": (_NUM, 1),
     },
 }
 
@@ -207,6 +216,16 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
     limitsTable = _checkTable(path, "limits", data.get("limits", {}), SCHEMA["limits"])
     iceTable = _checkTable(path, "ice", data.get("ice", {}), SCHEMA["ice"])
     metrics = _checkTable(path, "metrics", data.get("metrics", {}), SCHEMA["metrics"])
+    cluster = None
+    if "cluster" in data:
+        cluster = _checkTable(path, "cluster", data["cluster"], SCHEMA["cluster"])
+        for name in ("redis", "node_url", "node_id"):
+            if not cluster.get(name):
+                _fail(path, f"[cluster] {name}", "is required in a cluster")
+        if not cluster["redis"].startswith(("redis://", "rediss://", "unix://")):
+            _fail(path, "[cluster] redis", "must be a redis://, rediss:// or unix:// URL")
+        if not cluster["node_url"].startswith(("ws://", "wss://")):
+            _fail(path, "[cluster] node_url", "must be a ws:// or wss:// URL")
 
     for name in ("max_message_bytes", "max_chat_bytes", "max_members", "max_conferences"):
         if name in limitsTable and limitsTable[name] < 1:
@@ -259,6 +278,7 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
         metrics_enabled=metrics.get("enabled", True),
         metrics_allow=_strings(path, "[metrics] allow", metrics.get("allow", ["127.0.0.1", "::1"])),
         log_level=logLevel,
+        cluster=cluster,
         path=path,
     )
 

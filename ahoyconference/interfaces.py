@@ -33,6 +33,7 @@ class ProtocolError(Exception):
     """
 
     REASONS = {
+        302: "moved",
         400: "bad request",
         403: "forbidden",
         404: "not found",
@@ -45,10 +46,15 @@ class ProtocolError(Exception):
         503: "service unavailable",
     }
 
-    def __init__(self, status: int, reason: str | None = None, detail: str = ""):
+    def __init__(self, status: int, reason: str | None = None, detail: str = "",
+                 fields: dict | None = None, quiet: bool = False):
         self.status = status
         self.reason = reason if reason is not None else self.REASONS.get(status, "error")
         self.detail = detail
+        #: More fields of the response, e.g. the C{url} of a 302 (protocol.md 4.10).
+        self.fields = fields or {}
+        #: The cause was logged already (once per episode): count, log at debug.
+        self.quiet = quiet
         super().__init__(status, self.reason, detail)
 
 
@@ -168,6 +174,43 @@ class IInvitationPolicy(IConferencePolicy):
             invitation fixes, or C{None}.
         @raise ProtocolError: 403 for an invitation that is not valid.
         """
+
+
+class IConferenceDirectory(Interface):
+    """
+    Where conferences live when several servers (nodes) share the work
+    (docs/cluster.md).  The service asks it on every create, and on a join for
+    a conference it does not host; without a cluster there is none.
+    Every method returns a Deferred; one that fails with L{ProtocolError}
+    503 means the directory cannot be reached.
+    """
+
+    nodeID = Attribute("This node's ID.")
+
+    def create(settings: ConferenceSettings):
+        """
+        Record a new conference and choose its node (the least loaded live one).
+
+        @return: a Deferred firing with C{None} when this node hosts it, or
+            the URL of the node that does; failing with 486 when the ID exists.
+        """
+
+    def locate(conferenceID: str):
+        """
+        Find the node of a conference this node does not host, placing it on
+        a live node if its node died.
+
+        @return: a Deferred firing with C{(None, settings)} when this node
+            is to host it (settings as stored: passwords hashed), or
+            C{(url, None)} for another node's URL; failing with 404 when no
+            such conference exists.
+        """
+
+    def hosted(settings: ConferenceSettings):
+        """This node hosts this conference now (e.g. a permanent room); C{None}."""
+
+    def removed(conferenceID: str, permanent: bool):
+        """This node no longer hosts the conference (it ended); C{None}."""
 
 
 class IPolicyPlugin(IPlugin):

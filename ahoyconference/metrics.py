@@ -68,6 +68,22 @@ class ServiceCollector:
         for status, count in sorted(service.counters["errors"].items()):
             errors.add_metric([str(status)], count)
         yield errors
+        directory = getattr(service, "directory", None)
+        if directory is not None:
+            yield from _clusterMetrics(directory)
+
+
+def _clusterMetrics(directory):
+    """The cluster directory's state (docs/cluster.md), when there is one."""
+    up = GaugeMetricFamily("ahoy_cluster_directory_up",
+                           "1 while the cluster directory (Redis) answers.", labels=["node"])
+    up.add_metric([directory.nodeID], 1 if directory.reachable else 0)
+    yield up
+    for name, text in (("redirects", "Joins answered 302 to another node."),
+                       ("placed", "Conferences placed on a node by this node."),
+                       ("directory_errors", "Failed calls to the cluster directory.")):
+        yield CounterMetricFamily(f"ahoy_cluster_{name}", text,
+                                  value=directory.counters[name])
 
 
 class MetricsResource(Resource):

@@ -19,6 +19,7 @@ from ahoyconference.interfaces import (
     Action,
     ClientInfo,
     ConferenceSettings,
+    IConferenceDirectory,
     IConferencePolicy,
     IInvitationPolicy,
     IMediaEngine,
@@ -43,9 +44,11 @@ class ConferenceService(MultiService):
         C{errors} by status, C{joins}, C{created}).
     """
 
-    def __init__(self, config: Config, clock, policy: IConferencePolicy, engine: IMediaEngine):
+    def __init__(self, config: Config, clock, policy: IConferencePolicy, engine: IMediaEngine,
+                 directory: IConferenceDirectory | None = None):
         super().__init__()
         self.config = config
+        self.directory = directory
         self.clock = clock
         self.policy = policy
         self.engine = engine
@@ -54,14 +57,17 @@ class ConferenceService(MultiService):
         self.sessions: set = set()
         self.counters: dict[str, Counter] = {
             "refused": Counter(), "errors": Counter(), "joins": Counter(), "created": Counter(),
+            "redirects": Counter(),
         }
         self._idle: dict[str, object] = {}
         self._shareTimers: dict[str, object] = {}
         self._creators: dict[str, str] = {}
         self._passwordFailures = FailureBackoff(
             clock, config.limits.password_failures, config.limits.password_backoff)
-        for settings in config.rooms:
-            self._addConference(settings)
+        if directory is None:
+            # In a cluster, permanent rooms are placed by the directory (docs/cluster.md).
+            for settings in config.rooms:
+                self._addConference(settings)
 
     # -- lifecycle -----------------------------------------------------
 
@@ -131,7 +137,8 @@ class ConferenceService(MultiService):
         for cid, settings in new.items():
             conf = self.conferences.get(cid)
             if conf is None:
-                self._addConference(settings)
+                if self.directory is None:
+                    self._addConference(settings)
             else:
                 conf.settings = settings
                 conf.maxMembers = min(settings.maxMember or config.limits.max_members_per_conference,
@@ -184,6 +191,8 @@ class ConferenceService(MultiService):
                           ipToEveryone=self.config.ip_to_everyone, onTimeUp=self._timeUp)
         self.conferences[settings.conferenceID] = conf
         self.counters["created"]["total"] += 1
+        if self.directory is not None:
+            self.directory.hosted(settings)
         _log.info("conference {conference_id} created{permanent}",
                   conference_id=settings.conferenceID,
                   permanent=" (permanent)" if settings.permanent else "")
@@ -194,7 +203,8 @@ class ConferenceService(MultiService):
         """
         Create a conference from C{CONFERENCE_CREATE_request} parameters.
 
-        @return: a Deferred firing with the L{Conference}; failing with 486
+        @return: a Deferred firing with the L{ConferenceSettings} it was
+            created with (here, or on another node of a cluster); failing with 486
             (the ID exists), 503 (a server-wide limit) or the policy's refusal.
         """
         cid = params["conferenceID"] or secrets.token_hex(16)
@@ -215,10 +225,26 @@ class ConferenceService(MultiService):
         def create(result):
             final = result if isinstance(result, ConferenceSettings) else settings
             self._checkCreate(client, final.conferenceID)
-            self._creators[final.conferenceID] = client.ip
-            return self._addConference(final)
+            if self.directory is None:
+                return self._createHere(client, final)
+            placed = self.directory.create(final)
+
+            def here(url):
+                if url is None:
+                    return self._createHere(client, final)
+                _log.info("conference {conference_id} created on another node ({url})",
+                          conference_id=final.conferenceID, url=url)
+                return final
+
+            return placed.addCallback(here)
 
         return d.addCallback(create)
+
+    def _createHere(self, client: ClientInfo, settings: ConferenceSettings) -> ConferenceSettings:
+        self._checkCreate(client, settings.conferenceID)
+        self._creators[settings.conferenceID] = client.ip
+        self._addConference(settings)
+        return settings
 
     def _checkCreate(self, client: ClientInfo, cid: str) -> None:
         if cid in self.conferences:
@@ -263,6 +289,9 @@ class ConferenceService(MultiService):
         if self.conferences.get(conf.conferenceID) is conf:
             del self.conferences[conf.conferenceID]
             self._creators.pop(conf.conferenceID, None)
+            if self.directory is not None and why != "server stopping":
+                # Stopping, the records stay: members re-create it on another node.
+                self.directory.removed(conf.conferenceID, conf.settings.permanent)
             _log.info("conference {conference_id} removed ({why})",
                       conference_id=conf.conferenceID, why=why)
 
@@ -286,6 +315,25 @@ class ConferenceService(MultiService):
         """
         if params.get("invitation") is not None:
             params = self._invitationJoin(params)
+        cid = params["conferenceID"]
+        if cid not in self.conferences and self.directory is not None:
+            return self.directory.locate(cid).addCallback(self._located, sink, client, params)
+        return self._joinHere(sink, client, params)
+
+    def _located(self, found, sink, client: ClientInfo, params: dict) -> defer.Deferred:
+        """The directory's answer for a conference this node did not host."""
+        url, settings = found
+        cid = params["conferenceID"]
+        if url is not None:
+            self.counters["redirects"]["join"] += 1
+            raise ProtocolError(302, detail=f"hosted at {url}", fields={"url": url})
+        if cid not in self.conferences:
+            if len(self.conferences) >= self.config.limits.max_conferences:
+                raise ProtocolError(503, detail="too many conferences")
+            self._addConference(settings)
+        return self._joinHere(sink, client, params)
+
+    def _joinHere(self, sink, client: ClientInfo, params: dict) -> defer.Deferred:
         cid = params["conferenceID"]
         conf = self.conference(cid)
         self._passwordFailures.check((cid, client.ip))
@@ -338,13 +386,19 @@ class ConferenceService(MultiService):
     LOGGED_REFUSALS = frozenset({"CONFERENCE_CREATE_request", "CONFERENCE_JOIN_request",
                                  "CONFERENCE_KICK_request", "MEDIA_SHARE_request"})
 
-    def refused(self, request: str, status: int, client: ClientInfo, detail: str = "") -> None:
+    def refused(self, request: str, status: int, client: ClientInfo, detail: str = "",
+                quiet: bool = False) -> None:
         """Count and log one refused request."""
+        if status == 302:
+            _log.info("join for a conference of another node from {ip}: 302{detail}",
+                      ip=client.ip, detail=f" ({detail})" if detail else "")
+            return
         self.counters["errors"][status] += 1
         if request == "CONFERENCE_JOIN_request":
             self.counters["refused"][status] += 1
         # 500 is a bug and 503 a server-wide limit: both matter; 501 is client noise.
-        log = _log.info if request in self.LOGGED_REFUSALS or status in (500, 503) else _log.debug
+        loud = not quiet and (request in self.LOGGED_REFUSALS or status in (500, 503))
+        log = _log.info if loud else _log.debug
         log("refused {request} from {ip}: {status}{detail}", request=request,
             ip=client.ip, status=status, detail=f" ({detail})" if detail else "")
 
@@ -382,6 +436,13 @@ class ConferenceService(MultiService):
         conf.notifyKicked(member, timeout)
         self.leave(member, "timed out of" if timeout else "was kicked from")
         member.sink.disconnect()
+
+    def loadReport(self) -> tuple[dict, list[str]]:
+        """This node's load and hosted conferences, for the cluster's heartbeat."""
+        stats = {"members": len(self.members), "conferences": len(self.conferences),
+                 "forwarded_packets": self.engine.stats().get("forwarded_packets", 0)
+                 if self.engine is not None else 0}
+        return stats, list(self.conferences)
 
     # -- IMediaListener --------------------------------------------------
 

@@ -141,9 +141,11 @@ class Session:
         return d
 
     def _error(self, rtype: str, tid: str, error: ProtocolError, request: str) -> None:
-        self.service.refused(request, error.status, self.client, error.detail)
-        self.send({"messageType": rtype, "status": error.status, "reason": error.reason,
-                   "transactionID": tid})
+        self.service.refused(request, error.status, self.client, error.detail, quiet=error.quiet)
+        response = {"messageType": rtype, "status": error.status, "reason": error.reason}
+        response.update(error.fields)
+        response["transactionID"] = tid
+        self.send(response)
 
     def _dispatch(self, envelope: Envelope):
         params = parseParams(envelope, self.service.config.limits)
@@ -158,10 +160,10 @@ class Session:
     def request_conference_create(self, params):
         """1.1: create a conference."""
         d = self.service.createConference(self.client, params)
-        return d.addCallback(lambda conf: {
-            "conferenceID": conf.conferenceID,
-            "conferenceName": conf.settings.conferenceName,
-            "description": conf.description,
+        return d.addCallback(lambda settings: {
+            "conferenceID": settings.conferenceID,
+            "conferenceName": settings.conferenceName,
+            "description": settings.description,
         })
 
     def request_conference_join(self, params):

@@ -38,6 +38,9 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "The TOML configuration file."],
         ["policy", None, None, "The policy plugin's name (overrides [policy] name)."],
+        ["node-id", None, None, "This node's ID in a cluster (overrides [cluster] node_id)."],
+        ["node-url", None, None,
+         "This node's public ws(s):// URL in a cluster (overrides [cluster] node_url)."],
     ]
     compData = usage.Completions(optActions={"config": usage.CompleteFiles("*.toml")})
 
@@ -78,6 +81,17 @@ class Options(usage.Options):
             changes["ports"] = (DEFAULT_PORT,)
         if self["policy"]:
             changes["policy_name"] = self["policy"]
+        if self["node-id"] or self["node-url"]:
+            if config.cluster is None:
+                raise SystemExit("ahoyconference: --node-id and --node-url need a [cluster] "
+                                 "table with redis in the --config file")
+            cluster = dict(config.cluster)
+            for option, key in (("node-id", "node_id"), ("node-url", "node_url")):
+                if self[option]:
+                    cluster[key] = self[option]
+            if not cluster["node_url"].startswith(("ws://", "wss://")):
+                raise SystemExit("ahoyconference: --node-url must be a ws:// or wss:// URL")
+            changes["cluster"] = cluster
         self["configuration"] = config.replace(**changes)
 
 
@@ -180,10 +194,22 @@ def buildService(config: Config, reactor) -> MultiService:
     except (UnknownPolicy, ValueError) as e:
         raise SystemExit(f"ahoyconference: {e}")
     installAsyncioExceptionHandler(asyncio.get_event_loop())
-    service = ConferenceService(config, reactor, policy, None)
+    directory = None
+    if config.cluster is not None:
+        from ahoyconference.cluster import RedisDirectory, clusterFromConfig
+
+        # The heartbeat reads the service's load, which exists only below.
+        directory = RedisDirectory(clusterFromConfig(config.cluster), reactor,
+                                   load=lambda: service.loadReport(), rooms=config.rooms)
+    service = ConferenceService(config, reactor, policy, None, directory)
     service.engine = AiortcMediaEngine(service, config.ice, reactor,
                                        iceTimeout=config.limits.ice_timeout)
     top = _ReloadOnHangup(service, config.path, reactor)
+    if directory is not None:
+        directory.setServiceParent(top)
+        _log.info("cluster node {node_id} ({url}), directory {redis}",
+                  node_id=directory.nodeID, url=config.cluster["node_url"],
+                  redis=directory.safeURL)
     service.setServiceParent(top)
     site = makeSite(service)
     for description in config.ports:

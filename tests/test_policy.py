@@ -13,7 +13,7 @@ from twisted.plugin import IPlugin
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from ahoyconference import policy
+from ahoyconference import passwords as passwordHashes
 from ahoyconference.config import parseConfig
 from ahoyconference.interfaces import (
     Action,
@@ -149,13 +149,13 @@ class PasswordRoleTableTests(unittest.TestCase):
         or not an earlier one matched.
         """
         compared = []
-        real = policy.hmac.compare_digest
+        real = passwordHashes.hmac.compare_digest
 
         def spy(a, b):
             compared.append(b)
             return real(a, b)
 
-        self.patch(policy.hmac, "compare_digest", spy)
+        self.patch(passwordHashes.hmac, "compare_digest", spy)
         conference = settings(moderator="m-pw", speaker="s-pw", listener="l-pw")
         for given in ("m-pw", "l-pw", "wrong"):
             del compared[:]
