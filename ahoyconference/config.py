@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ahoyconference.interfaces import ConferenceSettings
+from ahoyconference.turn import TurnSettings
 
 
 class ConfigError(Exception):
@@ -31,11 +32,14 @@ class IceSettings:
     @ivar servers: STUN/TURN servers as dicts with C{urls} and, for TURN,
         C{username} and C{credential}.
     @ivar public_address: advertised instead of a private host address (1:1 NAT).
+    @ivar turn: the TURN server handed to clients with short-lived
+        credentials (C{[ice.turn]}, L{ahoyconference.turn}), or C{None}.
     """
 
     host_addresses: tuple[str, ...] = ()
     servers: tuple[dict, ...] = ()
     public_address: str | None = None
+    turn: TurnSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "host_addresses": ((list,), None),
         "servers": ((list,), None),
         "public_address": ((str,), None),
+        "turn": ((dict,), None),
     },
     "metrics": {
         "enabled": ((bool,), None),
@@ -201,6 +206,54 @@ def _room(path, index, room) -> ConferenceSettings:
     )
 
 
+# -- [ice.turn]: TURN for clients (docs/operations.md) ----------------------
+
+TURN_KEYS: dict[str, tuple] = {
+    "urls": (list,),
+    "secret": (str,),
+    "secret_file": (str,),
+    "ttl": _INT,
+}
+
+
+def _turn(path, table: dict) -> TurnSettings:
+    """
+    The C{[ice.turn]} table: C{urls} (turn:/turns: URLs), exactly one of
+    C{secret} and C{secret_file} (read now; its first line is the secret),
+    C{ttl} in seconds (default one day, at least 60).
+    """
+    for name, value in table.items():
+        if name not in TURN_KEYS:
+            _fail(path, f"[ice.turn] {name}", f"unknown key (known: {', '.join(sorted(TURN_KEYS))})")
+        if not _isType(value, TURN_KEYS[name]):
+            _fail(path, f"[ice.turn] {name}",
+                  f"must be {_TYPE_NAMES[TURN_KEYS[name]]}, not a {type(value).__name__}")
+    urls = _strings(path, "[ice.turn] urls", table.get("urls", []))
+    if not urls:
+        _fail(path, "[ice.turn] urls", "is required (at least one turn: or turns: URL)")
+    for url in urls:
+        if not url.startswith(("turn:", "turns:")):
+            _fail(path, "[ice.turn] urls", f"{url!r} is not a turn: or turns: URL")
+    if ("secret" in table) == ("secret_file" in table):
+        _fail(path, "[ice.turn] secret", "give exactly one of secret and secret_file")
+    if "secret_file" in table:
+        try:
+            with open(table["secret_file"], encoding="utf-8") as f:
+                secret = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            _fail(path, "[ice.turn] secret_file",
+                  f"cannot read {table['secret_file']}: {getattr(e, 'strerror', None) or e}")
+        where = "[ice.turn] secret_file"
+    else:
+        secret, where = table["secret"], "[ice.turn] secret"
+    if not secret:
+        _fail(path, where, "the secret is empty")
+    ttl = table.get("ttl", 86400)
+    if ttl < 60:
+        _fail(path, "[ice.turn] ttl", f"must be at least 60, not {ttl!r}")
+    return TurnSettings(urls=urls, secret=secret.encode("utf-8"), ttl=ttl)
+
+
 def parseConfig(data: dict, path: str | None = None) -> Config:
     """
     Validate a parsed TOML document into a L{Config}.
@@ -271,6 +324,7 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
             host_addresses=_strings(path, "[ice] host_addresses", iceTable.get("host_addresses", [])),
             servers=tuple(dict(s) for s in servers),
             public_address=iceTable.get("public_address"),
+            turn=_turn(path, iceTable["turn"]) if "turn" in iceTable else None,
         ),
         policy_name=policyName,
         policy_options=policy,

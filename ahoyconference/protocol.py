@@ -18,6 +18,15 @@ from ahoyconference.session import Session
 
 SUBPROTOCOL = "conference-protocol"
 
+#: WebSocket keep-alive (docs/operations.md, "A member whose network goes
+#: away"): a ping this many seconds after the last pong (or any frame), and
+#: the connection is dropped when nothing comes back within PING_TIMEOUT.  A
+#: member whose cable is pulled (no FIN, no ICE goodbye) is therefore gone
+#: within PING_INTERVAL + PING_TIMEOUT = 20 s, before ICE consent (RFC 7675,
+#: aioice: six missed checks about 5 s apart, about 30 s) would notice.
+PING_INTERVAL = 10
+PING_TIMEOUT = 10
+
 _log = logger(__name__)
 
 
@@ -163,8 +172,8 @@ class ConferenceFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             maxFramePayloadSize=limits.max_message_bytes,
             maxMessagePayloadSize=limits.max_message_bytes,
-            autoPingInterval=20,
-            autoPingTimeout=40,
+            autoPingInterval=PING_INTERVAL,
+            autoPingTimeout=PING_TIMEOUT,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=3,
         )

@@ -29,6 +29,7 @@ from ahoyconference.interfaces import (
 )
 from ahoyconference.limits import FailureBackoff
 from ahoyconference.logs import logger
+from ahoyconference.turn import iceServers
 
 _log = logger(__name__)
 
@@ -353,6 +354,10 @@ class ConferenceService(MultiService):
                 raise ProtocolError(503, detail="too many members")
             member = Member(params["name"], role, client, sink)
             fields = current.add(member)
+            # docs/protocol.md 4.11: TURN credentials of this member, if configured.
+            servers = iceServers(self.config.ice.turn, member.memberID, self.clock.seconds())
+            if servers:
+                fields["iceServers"] = servers
             self.members[member.memberID] = member
             self._cancelIdle(cid)
             self.counters["joins"][role.label] += 1

@@ -5,7 +5,7 @@ processes (L{tests.peer_process}, real aiortc peers speaking the protocol
 over WebSocket) and are killed with SIGKILL while media flows.  The kernel
 closes a dead process's TCP connection, so the server sees the WebSocket
 close at once (a connection that lingers without its process would take
-Autobahn's 40 s C{autoPingTimeout}; not waited for here).
+the WebSocket ping timeout of ahoyconference.protocol; not waited for here).
 
 The member is removed, the others are told (C{CONFERENCE_LEAVE_indication},
 and C{MEDIA_indication} with C{available: false} for a publisher,

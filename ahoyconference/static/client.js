@@ -27,6 +27,9 @@
   var LOW_RES = params.get("lowres") === "1";
   var REQUEST_TIMEOUT_MS = 20000;
   var GATHER_TIMEOUT_MS = 10000;
+  // The TURN servers (short-lived credentials) of the last join response
+  // (docs/protocol.md 4.11), given to every peer connection.
+  var iceServers = [];
   var BACKOFF_MS = [1000, 2000, 4000, 8000, 15000, 30000];
   var SUBSCRIBE_DEBOUNCE_MS = 250;
   var MEDIA_RETRY_DELAY_MS = 2000;   // after a peer connection failed, ask again
@@ -333,6 +336,7 @@
 
   function enterRoom(resp, name) {
     noReconnect = false;
+    iceServers = Array.isArray(resp.iceServers) ? resp.iceServers : [];
     state.me = {
       memberID: resp.memberID, name: name,
       moderator: !!resp.moderator, speaker: !!resp.speaker, webrtc: true,
@@ -661,7 +665,7 @@
   function onMediaReceiveRequest(msg) {
     var tid = msg.transactionID;
     if (publisher.pc) publisher.pc.close();
-    var pc = new RTCPeerConnection({iceServers: []});
+    var pc = new RTCPeerConnection({iceServers: iceServers});
     publisher.pc = pc;
     watchPc(pc, "publish", function () {
       // The media path broke (network change, server restart of the media
@@ -836,7 +840,7 @@
     }
     var sub = member.sub;
     if (sub.pc) sub.pc.close();
-    var pc = new RTCPeerConnection({iceServers: []});
+    var pc = new RTCPeerConnection({iceServers: iceServers});
     sub.pc = pc;
     sub.serial = (sub.serial || 0) + 1;
     var stream = new MediaStream();
