@@ -11,7 +11,8 @@ line, and runs until it is killed.
 
 Reports: C{{"event": "joined", "memberID": ...}}, C{{"event": "connected"}}
 (its peer connection is up), and for a subscriber C{{"event": "frames",
-"count": n}} every half second.  Media stays on 127.0.0.1 (design.md 7).
+"count": n}} every half second.  Media stays on 127.0.0.1 (design.md 7),
+or on C{--host-address} inside a namespace of L{tests.netbed}.
 """
 
 from __future__ import annotations
@@ -83,11 +84,13 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--publish", action="store_true")
     parser.add_argument("--tag", type=int, default=1)
     parser.add_argument("--subscribe-to")
+    parser.add_argument("--host-address", default="127.0.0.1",
+                        help="gather ICE candidates on this address (tests.netbed)")
     args = parser.parse_args(argv)
 
     import aioice.ice
 
-    aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"]
+    aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: [args.host_address]
     from tests.helpers import Client
 
     client = await Client.connect(args.url)

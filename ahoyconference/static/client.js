@@ -1393,6 +1393,8 @@
           var l = report.get(pair.localCandidateId), r = report.get(pair.remoteCandidateId);
           out.local = l ? (l.address || l.ip) : null;
           out.remote = r ? (r.address || r.ip) : null;
+          out.localType = l ? l.candidateType : null;          // "relay": through TURN
+          out.relayProtocol = l ? (l.relayProtocol || null) : null;  // to the TURN server
         }
         return out;
       });

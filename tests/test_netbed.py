@@ -1,0 +1,402 @@
+# -*- test-case-name: tests.test_netbed -*-
+"""
+The server on networks like its users' (L{tests.netbed}): Chromium behind
+two home NATs, a locked-down office that reaches the server's media only
+through TURN over TCP, and a member whose cable is pulled.
+
+The server runs as C{twistd} inside the data-centre namespace, coturn
+beside it; Chromium (Debian's, through Playwright, launched with
+C{ip netns exec}) and aiortc peers (L{tests.peer_process}) run inside the
+member namespaces.  The test process itself stands "on the internet"
+(203.0.113.2): its WebSocket clients and its C{GET /metrics} use sockets
+made inside that namespace.
+
+One bed for the whole module: the first test builds it (about 2 s), and
+C{test_zz_tornDown} (trial runs a class's tests in alphabetical order)
+takes it down and checks that the host's interfaces, namespaces and
+iptables rules are as they were.  When only some tests are run, the bed is
+taken down at exit.  Without root (or without ip, iptables, coturn,
+Chromium) every test skips with one line saying why.
+
+Figures (how long the pulled cable took to notice) go to
+C{artifacts/netbed.json}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests import netbed
+from tests.helpers import Client, asyncTest
+from tests.netbed import NetBed
+from tests.test_browser import ARTIFACTS, CHROMIUM_ARGS, MEDIA_WAIT, BrowserPage
+from tests.test_vanish import PeerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKDIR = ROOT / "_trial_temp" / "netbed"
+
+_bed: dict = {}
+
+
+def sharedBed() -> NetBed:
+    """The module's bed, built on first use (a failure to build is kept and re-raised)."""
+    if "error" in _bed:
+        raise _bed["error"]
+    if "bed" not in _bed:
+        try:
+            _bed["bed"] = NetBed(WORKDIR).start()
+        except Exception as e:
+            _bed["error"] = e
+            raise
+    return _bed["bed"]
+
+
+def closeBed() -> list[str]:
+    """Take the bed down (if there is one); what the host has left over."""
+    bed = _bed.pop("bed", None)
+    return bed.close() if bed is not None else []
+
+
+@atexit.register
+def _closeAtExit() -> None:
+    problems = closeBed()
+    if problems:
+        sys.stderr.write(f"tests.test_netbed: after tearing the bed down: {problems}\n")
+
+
+def _figure(name: str, value) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / "netbed.json"
+    figures = json.loads(path.read_text()) if path.exists() else {}
+    figures[name] = value
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+class NetBedTests(TestCase):
+    """Members at home, in an office and with a pulled cable."""
+
+    timeout = 240
+
+    def setUp(self):
+        why = netbed.missing()
+        if why:
+            raise SkipTest(why)
+        self.bed = sharedBed()
+        self.browsers: dict[str, object] = {}
+        self.pages: list[BrowserPage] = []
+        self.clients: list[Client] = []
+        self.peers: list[PeerProcess] = []
+        self.playwright = None
+        self.addCleanup(self._closeMembers)
+
+    @asyncTest
+    async def _closeMembers(self):
+        problems = []
+        for p in self.pages:
+            try:
+                await p.close(self._testMethodName)
+            except Exception as e:
+                problems.append(e)
+        for c in self.clients:
+            await c.close()
+        for peer in self.peers:
+            await peer.kill()
+        for browser in self.browsers.values():
+            await browser.close()
+        if self.playwright is not None:
+            await self.playwright.stop()
+        if self.bed.created:  # not taken down yet: plug every cable back in
+            for role in netbed.LANS:
+                self.bed.plug(role)
+        if problems:
+            raise problems[0]
+        errors = [(p.label, e) for p in self.pages for e in p.errors]
+        self.assertEqual(errors, [], "uncaught JavaScript errors")
+
+    # -- members ------------------------------------------------------------
+
+    async def client(self, room: str, name: str) -> Client:
+        """A protocol-level member on the internet (203.0.113.2) that joins C{room}."""
+        sock = self.bed.socket("inet", connect=(netbed.SERVER_IP, netbed.HTTP_PORT))
+        sock.setblocking(False)
+        c = await Client.connect(self.bed.url, sock=sock)
+        self.clients.append(c)
+        await c.request("CONFERENCE_CREATE_request", conferenceID=room)
+        joined = await c.request("CONFERENCE_JOIN_request", conferenceID=room, name=name)
+        self.assertEqual(joined["status"], 200, joined)
+        self.assertIn("iceServers", joined)
+        c.memberID = joined["memberID"]
+        return c
+
+    async def page(self, role: str, label: str) -> BrowserPage:
+        """A Chromium page inside a member namespace, the client loaded."""
+        if self.playwright is None:
+            from playwright.async_api import async_playwright
+
+            self.playwright = await async_playwright().start()
+        if role not in self.browsers:
+            origin = self.bed.http.rstrip("/")
+            args = [a for a in CHROMIUM_ARGS if a != "--allow-loopback-in-peer-connection"]
+            # getUserMedia needs a secure context: plain http on a documentation address.
+            args.append(f"--unsafely-treat-insecure-origin-as-secure={origin}")
+            self.browsers[role] = await self.playwright.chromium.launch(
+                executable_path=self.bed.chromium(role), args=args, headless=True)
+        context = await self.browsers[role].new_context(viewport={"width": 960, "height": 540})
+        page = BrowserPage(self, label, context, await context.new_page())
+        self.pages.append(page)
+        return await page.open(self.bed.http, loopbackOnly="0")
+
+    async def aiortcPeer(self, role: str, room: str, name: str, *args: str) -> PeerProcess:
+        """An aiortc member (L{tests.peer_process}) inside a member namespace."""
+        address = netbed.LANS[role][4]
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", self.bed.ns(role), sys.executable, "-m", "tests.peer_process",
+            self.bed.url, room, name, "--host-address", address, *args, cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        peer = PeerProcess(proc)
+        self.peers.append(peer)
+        return peer
+
+    async def metricsUntil(self, check, what: str, timeout: float = 20.0) -> dict:
+        """Poll /metrics until C{check(values)} holds."""
+        loop = asyncio.get_event_loop()
+        deadline = loop.time() + timeout
+        while True:
+            values = await loop.run_in_executor(None, self.bed.metrics)
+            if check(values):
+                return values
+            if loop.time() > deadline:
+                raise AssertionError(f"/metrics not {what} within {timeout}s: "
+                                     f"{ {k: v for k, v in values.items() if k.startswith('ahoy_')} }")
+            await asyncio.sleep(0.5)
+
+    async def assertPairs(self, page: BrowserPage, count: int, localType: str,
+                          relayProtocol: str | None = None) -> list[dict]:
+        """Every peer connection of the page reaches the server's own address."""
+        pairs = await page.page.evaluate("window.ahoy.selectedPairs()")
+        page.console.append(f"selected candidate pairs: {pairs}")
+        self.assertEqual(len(pairs), count, pairs)
+        for pair in pairs:
+            self.assertEqual(pair["remote"], netbed.SERVER_IP, pair)
+            self.assertEqual(pair["localType"], localType, pair)
+            if relayProtocol:
+                self.assertEqual(pair["relayProtocol"], relayProtocol, pair)
+        return pairs
+
+    # -- the bed itself -----------------------------------------------------
+
+    def test_bed(self):
+        """
+        Documentation addresses only, no default route anywhere; the home
+        routers masquerade and let only replies in; the office reaches only
+        TCP to TURN and to the web port; the cable loses and delays what it
+        is told to.
+        """
+        bed = self.bed
+        for role in netbed.ROLES:
+            routes = bed.ip(role, "route", "show")
+            self.assertNotIn("default", routes, role)
+            for line in bed.ip(role, "-4", "-o", "addr", "show").splitlines():
+                address = line.split()[3].split("/")[0]
+                self.assertTrue(address == "127.0.0.1" or address.startswith(
+                    ("192.0.2.", "198.51.100.", "203.0.113.")), f"{role}: {line}")
+
+        udp = bed.socket("dc", socket.SOCK_DGRAM, bind=(netbed.SERVER_IP, 40000), timeout=1)
+        listener = bed.socket("dc", bind=(netbed.SERVER_IP, 40001))
+        listener.listen(4)
+        try:
+            # Home A: NAT'd to its router's address; replies come back.
+            home = bed.socket("homeA", socket.SOCK_DGRAM, timeout=1)
+            home.sendto(b"hello", (netbed.SERVER_IP, 40000))
+            data, source = udp.recvfrom(100)
+            self.assertEqual(source[0], netbed.LANS["homeA"][1])
+            udp.sendto(b"reply", source)
+            self.assertEqual(home.recv(100), b"reply")
+            home.close()
+            bed.socket("homeA", connect=(netbed.SERVER_IP, 40001)).close()
+
+            # The office: no UDP at all, no TCP but to TURN and the web port.
+            office = bed.socket("office", socket.SOCK_DGRAM, timeout=1)
+            office.sendto(b"hello", (netbed.SERVER_IP, 40000))
+            self.assertRaises(TimeoutError, udp.recvfrom, 100)
+            office.close()
+            self.assertRaises(TimeoutError, bed.socket, "office",
+                              connect=(netbed.SERVER_IP, 40001), timeout=1)
+            bed.socket("office", connect=(netbed.TURN_IP, netbed.TURN_PORT)).close()
+            bed.socket("office", connect=(netbed.SERVER_IP, netbed.HTTP_PORT)).close()
+
+            # The cable: half the datagrams up, and a delay both ways.
+            cable = bed.cables["homeA"]
+            home = bed.socket("homeA", socket.SOCK_DGRAM, timeout=1)
+            home.sendto(b"warm", (netbed.SERVER_IP, 40000))  # ARP, conntrack
+            udp.recvfrom(100)
+            before = cable.stats()["up"]
+            cable.set(up={"loss": 0.5})
+            for i in range(200):
+                home.sendto(b"%d" % i, (netbed.SERVER_IP, 40000))
+            time.sleep(0.5)
+            received = 0
+            udp.settimeout(0.2)
+            try:
+                while True:
+                    udp.recvfrom(100)
+                    received += 1
+            except TimeoutError:
+                pass
+            after = cable.set(up={"loss": 0.0})["up"]
+            lost = after["lost"] - before["lost"]
+            self.assertTrue(40 < received < 160, received)
+            self.assertEqual(received + lost, after["frames_in"] - before["frames_in"])
+            self.assertEqual(after["sent"] - before["sent"], received)
+
+            cable.set(both={"delay": 0.1})
+            start = time.monotonic()
+            home.sendto(b"ping", (netbed.SERVER_IP, 40000))
+            udp.settimeout(2)
+            data, source = udp.recvfrom(100)
+            udp.sendto(b"pong", source)
+            self.assertEqual(home.recv(100), b"pong")
+            self.assertGreaterEqual(time.monotonic() - start, 0.2)
+            cable.set(both={"delay": 0.0})
+            self.assertRaises(ValueError, cable.set, up={"loss": 2})
+            self.assertRaises(ValueError, cable.set, sideways={"loss": 0})
+            home.close()
+        finally:
+            udp.close()
+            listener.close()
+
+    # -- media across NATs ------------------------------------------------
+
+    @asyncTest
+    async def test_browsersBehindNats(self):
+        """
+        Chromium behind NAT A and Chromium behind NAT B see and hear each
+        other through the server; the server sees each at its router's
+        address, and each browser's pairs go from its own host address to
+        the server's.
+        """
+        watcher = await self.client("nat-room", "watcher")
+        alice = await self.page("homeA", "alice")
+        bob = await self.page("homeB", "bob")
+        await alice.joinRoom("nat-room", "alice")
+        await bob.joinRoom("nat-room", "bob")
+        for name, role in (("alice", "homeA"), ("bob", "homeB")):
+            joined = await watcher.expect("CONFERENCE_JOIN_indication")
+            self.assertEqual(joined["member"]["name"], name)
+            self.assertEqual(joined["member"]["ip"], netbed.LANS[role][1])
+        await alice.shareBoth()
+        await bob.shareBoth()
+        await alice.waitSubscribed("bob")
+        await bob.waitSubscribed("alice")
+        seenByAlice = await alice.assertVideoPlaying("bob")
+        seenByBob = await bob.assertVideoPlaying("alice")
+        await alice.assertAudioArriving("bob")
+        await bob.assertAudioArriving("alice")
+        await self.assertPairs(alice, 2, "host")
+        await self.assertPairs(bob, 2, "host")
+        values = await self.metricsUntil(
+            lambda v: v.get('ahoy_peer_connections{state="connected"}') == 4,
+            "4 connected peer connections")
+        self.assertEqual(values["ahoy_publishers"], 2)
+        for page in (alice, bob):
+            await page.screenshot(f"netbed-nat-{page.label}.png")
+        _figure("nat_frames_decoded", {"alice_of_bob": seenByAlice["framesDecoded"],
+                                       "bob_of_alice": seenByBob["framesDecoded"]})
+
+    @asyncTest
+    async def test_officeThroughTurn(self):
+        """
+        The locked-down office (TCP to TURN and the web port only) gets its
+        credential in the join response, relays its media through coturn
+        over TCP, and media flows both ways with a member at home.  The
+        TURN secret appears in no frame and in no line of the server's log.
+        """
+        watcher = await self.client("office-room", "watcher")
+        carol = await self.page("office", "carol")
+        alice = await self.page("homeA", "alice")
+        await carol.joinRoom("office-room", "carol")
+        await alice.joinRoom("office-room", "alice")
+        await carol.shareBoth()
+        await alice.shareBoth()
+        await carol.waitSubscribed("alice")
+        await alice.waitSubscribed("carol")
+        await carol.assertVideoPlaying("alice")
+        await alice.assertVideoPlaying("carol")
+        await alice.assertAudioArriving("carol")
+        await self.assertPairs(carol, 2, "relay", "tcp")
+        await self.assertPairs(alice, 2, "host")
+        await watcher.quiet(0.1)
+        for text in watcher.raw:
+            self.assertNotIn(self.bed.secret, text)
+        log = self.bed.logs["server"].read_text(errors="replace")
+        self.assertIn("joined office-room", log)
+        self.assertNotIn(self.bed.secret, log)
+
+    # -- the pulled cable ---------------------------------------------------
+
+    @asyncTest
+    async def test_pulledCable(self):
+        """
+        Bob (Chromium at home B) publishes, Alice (aiortc at home A)
+        receives him; Bob's cable is pulled (link down in his namespace: no
+        FIN, no ICE goodbye).  The others get CONFERENCE_LEAVE_indication
+        within the WebSocket ping timeout, and every peer connection, socket
+        and member of Bob's is gone from /metrics.
+        """
+        watcher = await self.client("cable-room", "watcher")
+        bob = await self.page("homeB", "bob")
+        await bob.joinRoom("cable-room", "bob")
+        await bob.shareBoth()
+        alice = await self.aiortcPeer("homeA", "cable-room", "alice", "--subscribe-to", "bob")
+        await alice.waitFor("frames", timeout=MEDIA_WAIT, count=30)
+        bobID = await bob.stateValue("me.memberID")
+        await self.metricsUntil(
+            lambda v: v.get('ahoy_peer_connections{state="connected"}') == 2
+            and v["ahoy_connections"] == 3 and v["ahoy_publishers"] == 1,
+            "Bob's and Alice's peer connections up")
+        watcher.received.clear()
+
+        self.bed.pull("homeB")
+        pulled = time.monotonic()
+        left = await watcher.expect("CONFERENCE_LEAVE_indication", timeout=60)
+        noticed = time.monotonic() - pulled
+        self.assertEqual(left["member"]["memberID"], bobID)
+        gone = await watcher.expect("MEDIA_indication", timeout=5)
+        self.assertEqual(gone["member"]["memberID"], bobID)
+        values = await self.metricsUntil(
+            lambda v: sum(n for k, n in v.items() if k.startswith("ahoy_peer_connections")) == 0
+            and v["ahoy_connections"] == 2 and v["ahoy_publishers"] == 0
+            and v["ahoy_subscriptions"] == 0,
+            "free of Bob's peer connections, socket and publication")
+        members = sum(n for k, n in values.items() if k.startswith("ahoy_members{"))
+        self.assertEqual(members, 2)
+        _figure("pulled_cable_noticed_seconds", round(noticed, 1))
+        self.bed.plug("homeB")
+
+    # -- last: the bed goes ------------------------------------------------
+
+    def test_zz_tornDown(self):
+        """
+        Taking the bed down leaves no namespace, process or TAP device, and
+        the host's interfaces and iptables rules as they were (a bed is
+        built for this if no other test built one).
+        """
+        bed = self.bed
+        names = [bed.ns(role) for role in netbed.ROLES]
+        processes = list(bed.processes.values())
+        self.assertEqual(closeBed(), [])
+        listed = netbed._run("ip", "netns", "list")
+        for name in names:
+            self.assertNotIn(name, listed)
+            self.assertFalse(os.path.exists(f"/run/netns/{name}"))
+        for p in processes:
+            self.assertIsNotNone(p.poll())
