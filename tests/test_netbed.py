@@ -179,15 +179,20 @@ class NetBedTests(TestCase):
                                      f"{ {k: v for k, v in values.items() if k.startswith('ahoy_')} }")
             await asyncio.sleep(0.5)
 
-    async def assertPairs(self, page: BrowserPage, count: int, localType: str,
+    async def assertPairs(self, page: BrowserPage, count: int, local: str, types: tuple,
                           relayProtocol: str | None = None) -> list[dict]:
-        """Every peer connection of the page reaches the server's own address."""
+        """
+        Every peer connection of the page reaches the server's own address,
+        from C{local} (the NAT's outside address, learnt from the server's
+        answers: peer-reflexive; or the TURN server's relay address).
+        """
         pairs = await page.page.evaluate("window.ahoy.selectedPairs()")
         page.console.append(f"selected candidate pairs: {pairs}")
         self.assertEqual(len(pairs), count, pairs)
         for pair in pairs:
             self.assertEqual(pair["remote"], netbed.SERVER_IP, pair)
-            self.assertEqual(pair["localType"], localType, pair)
+            self.assertEqual(pair["local"], local, pair)
+            self.assertIn(pair["localType"], types, pair)
             if relayProtocol:
                 self.assertEqual(pair["relayProtocol"], relayProtocol, pair)
         return pairs
@@ -301,8 +306,8 @@ class NetBedTests(TestCase):
         seenByBob = await bob.assertVideoPlaying("alice")
         await alice.assertAudioArriving("bob")
         await bob.assertAudioArriving("alice")
-        await self.assertPairs(alice, 2, "host")
-        await self.assertPairs(bob, 2, "host")
+        await self.assertPairs(alice, 2, netbed.LANS["homeA"][1], ("prflx", "srflx"))
+        await self.assertPairs(bob, 2, netbed.LANS["homeB"][1], ("prflx", "srflx"))
         values = await self.metricsUntil(
             lambda v: v.get('ahoy_peer_connections{state="connected"}') == 4,
             "4 connected peer connections")
@@ -332,8 +337,8 @@ class NetBedTests(TestCase):
         await carol.assertVideoPlaying("alice")
         await alice.assertVideoPlaying("carol")
         await alice.assertAudioArriving("carol")
-        await self.assertPairs(carol, 2, "relay", "tcp")
-        await self.assertPairs(alice, 2, "host")
+        await self.assertPairs(carol, 2, netbed.TURN_IP, ("relay",), "tcp")
+        await self.assertPairs(alice, 2, netbed.LANS["homeA"][1], ("prflx", "srflx"))
         await watcher.quiet(0.1)
         for text in watcher.raw:
             self.assertNotIn(self.bed.secret, text)
