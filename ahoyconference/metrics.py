@@ -68,6 +68,13 @@ class ServiceCollector:
         for status, count in sorted(service.counters["errors"].items()):
             errors.add_metric([str(status)], count)
         yield errors
+        dropped = CounterMetricFamily(
+            "ahoy_dropped_connections",
+            "WebSocket connections the server dropped, by reason (ping_timeout: no pong).",
+            labels=["reason"])
+        for reason, count in sorted(service.counters.get("dropped", {}).items()):
+            dropped.add_metric([reason], count)
+        yield dropped
         directory = getattr(service, "directory", None)
         if directory is not None:
             yield from _clusterMetrics(directory)

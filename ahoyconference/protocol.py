@@ -7,6 +7,8 @@ reader, and hands every frame to its L{Session}.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer
@@ -122,6 +124,12 @@ class ConferenceProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         """The connection is gone: the session leaves its conference."""
+        if not wasClean and "ping timeout" in (self.wasNotCleanReason or ""):
+            # A vanished network (docs/operations.md): counted in /metrics.
+            counters = self.factory.service.counters.setdefault("dropped", Counter())
+            counters["ping_timeout"] += 1
+            _log.info("no answer to a WebSocket ping from {ip} within {timeout} s: "
+                      "connection dropped", ip=self._ip or self._peerIP(), timeout=PING_TIMEOUT)
         if self._ip is not None:
             self.factory.connectionClosed(self._ip)
             self._ip = None
