@@ -80,6 +80,24 @@ class SourceHookTests(TestCase):
         self.assertIn("self._queue.put_nowait((data, component))",
                       source(aioice.ice.Connection.data_received))
 
+    def test_consentTiming(self):
+        """
+        aioice's consent checks read the module globals that
+        L{ahoyconference.media.ice.installConsentTiming} sets, on every
+        round, and expire after that many failures in a row, each waiting
+        for its answer without retransmissions.
+        """
+        from ahoyconference.media import ice
+
+        text = source(aioice.ice.Connection.query_consent)
+        self.assertIn("await asyncio.sleep(CONSENT_INTERVAL *", text)
+        self.assertIn("if failures >= CONSENT_FAILURES:", text)
+        self.assertIn("retransmissions=0", text)
+        self.assertIn("return await self.close()", text)
+        ice.installConsentTiming()
+        self.assertEqual((aioice.ice.CONSENT_INTERVAL, aioice.ice.CONSENT_FAILURES), (4.0, 5))
+        self.assertLessEqual(ice.CONSENT_FAILURES * (ice.CONSENT_INTERVAL * 1.2 + 0.5), 30)
+
     def test_senderReports(self):
         """
         A sender's RTCP loop builds an C{RtcpSrPacket} first and sends through

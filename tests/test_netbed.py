@@ -393,6 +393,44 @@ class NetBedTests(TestCase):
         self.assertIn("no answer to a WebSocket ping", log)
         _figure("pulled_cable_noticed_seconds", round(noticed, 1))
 
+    @asyncTest
+    async def test_mediaPathCut(self):
+        """
+        Only the media path goes (home A's router starts dropping UDP; the
+        WebSocket stays up): ICE consent (RFC 7675) expires, the server
+        closes and frees Alice's publishing peer connection and tells the
+        others her media is gone; Alice stays a member.
+        """
+        watcher = await self.client("cut-room", "watcher")
+        alice = await self.aiortcPeer("homeA", "cut-room", "alice", "--publish")
+        await alice.waitFor("connected", timeout=MEDIA_WAIT)
+        await self.metricsUntil(
+            lambda v: v.get('ahoy_peer_connections{state="connected"}') == 1
+            and v["ahoy_publishers"] == 1, "Alice publishing")
+        watcher.received.clear()
+        router = netbed.LANS["homeA"][0]
+        rule = ["FORWARD", "-p", "udp", "-j", "DROP"]
+        self.bed.exec(router, "iptables", "-I", *rule)
+        try:
+            cut = time.monotonic()
+            while True:
+                indication = await watcher.expect("MEDIA_indication", timeout=90)
+                if not indication.get("video", {}).get("available", True):
+                    break
+            noticed = time.monotonic() - cut
+            values = await self.metricsUntil(
+                lambda v: sum(n for k, n in v.items()
+                              if k.startswith("ahoy_peer_connections")) == 0
+                and v["ahoy_publishers"] == 0 and v["ahoy_connections"] == 2,
+                "free of Alice's peer connection, with Alice still connected")
+            members = sum(n for k, n in values.items() if k.startswith("ahoy_members{"))
+            self.assertEqual(members, 2)
+            self.assertEqual(watcher.received and [m for m in watcher.received if m.get(
+                "messageType") == "CONFERENCE_LEAVE_indication"], [])
+        finally:
+            self.bed.exec(router, "iptables", "-D", *rule)
+        _figure("media_path_cut_noticed_seconds", round(noticed, 1))
+
     # -- last: the bed goes ------------------------------------------------
 
     def test_zz_tornDown(self):

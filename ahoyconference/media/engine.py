@@ -320,6 +320,7 @@ class AiortcMediaEngine:
         self._retired = Counter()
         self.counters = Counter()
         self._uninstallHosts = _ice.installHostAddresses(tuple(ice.host_addresses))
+        _ice.installConsentTiming()
         self._loopbackOnly = _ice.onlyLoopback(tuple(ice.host_addresses))
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock

@@ -9,6 +9,7 @@ The C{[ice]} settings applied to aiortc and aioice (design.md 6).
    C{aioice.ice.get_host_addresses} (a private API; tests.test_media_hooks
    fails loudly if it moves).  aioice skips loopback when it gathers, which
    is why tests need this to use 127.0.0.1.
+ - L{installConsentTiming}: ICE consent (RFC 7675) expires within 30 s.
 """
 
 from __future__ import annotations
@@ -55,6 +56,26 @@ def _hostAddresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
         if (version == 4 and use_ipv4) or (version == 6 and use_ipv6):
             result.append(address)
     return result
+
+
+#: ICE consent freshness (RFC 7675, docs/operations.md "A member whose network
+#: goes away"): a check every CONSENT_INTERVAL x (0.8 to 1.2) seconds, each
+#: waiting 0.5 s for its answer; CONSENT_FAILURES unanswered in a row end the
+#: peer connection.  At most 5 x (4.8 + 0.5) = 26.5 s after the last answer,
+#: within RFC 7675's 30 s; aioice's own 5 s x 6 took 32 s in tests.test_netbed.
+CONSENT_INTERVAL = 4.0
+CONSENT_FAILURES = 5
+
+
+def installConsentTiming() -> None:
+    """
+    Set aioice's consent timing (module globals that
+    C{aioice.ice.Connection.query_consent} reads on every round;
+    tests.test_media_hooks fails loudly if they move).  For the whole
+    process, idempotent.
+    """
+    aioice.ice.CONSENT_INTERVAL = CONSENT_INTERVAL
+    aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
 
 
 def installHostAddresses(addresses: tuple[str, ...]) -> Callable[[], None]:
