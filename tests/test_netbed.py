@@ -203,9 +203,9 @@ class NetBedTests(TestCase):
     def test_bed(self):
         """
         Documentation addresses only, no default route anywhere; the home
-        routers masquerade and let only replies in; the office reaches only
-        TCP to TURN and to the web port; the cable loses and delays what it
-        is told to.
+        routers masquerade and let replies back in; the office reaches only
+        TCP to TURN and to the web port; the cable loses, delays, paces and
+        queues as it is told to, changed while it runs.
         """
         bed = self.bed
         for role in netbed.ROLES:
@@ -273,6 +273,33 @@ class NetBedTests(TestCase):
             self.assertEqual(home.recv(100), b"pong")
             self.assertGreaterEqual(time.monotonic() - start, 0.2)
             cable.set(both={"delay": 0.0})
+
+            # A rate limit paces frames (20 x 1042 bytes at 160 kbit/s: 1.04 s) ...
+            def burst(count: int) -> tuple[int, float]:
+                start = time.monotonic()
+                for _ in range(count):
+                    home.sendto(bytes(1000), (netbed.SERVER_IP, 40000))
+                got, last = 0, start
+                udp.settimeout(1.5)
+                try:
+                    while got < count:
+                        udp.recvfrom(2000)
+                        got, last = got + 1, time.monotonic()
+                except TimeoutError:
+                    pass
+                return got, last - start
+
+            cable.set(up={"rate": 160000})
+            got, took = burst(20)
+            self.assertEqual(got, 20)
+            self.assertGreaterEqual(took, 0.9)
+            # ... and a full queue drops what does not fit.
+            before = cable.set(up={"queue": 5000})["up"]
+            got, took = burst(20)
+            after = cable.set(up={"rate": 0, "queue": 1_000_000})["up"]
+            drops = after["queue_drops"] - before["queue_drops"]
+            self.assertEqual(got + drops, 20)
+            self.assertTrue(3 <= got <= 6, got)
             self.assertRaises(ValueError, cable.set, up={"loss": 2})
             self.assertRaises(ValueError, cable.set, sideways={"loss": 0})
             home.close()
@@ -380,6 +407,10 @@ class NetBedTests(TestCase):
         left = await watcher.expect("CONFERENCE_LEAVE_indication", timeout=60)
         noticed = time.monotonic() - pulled
         self.assertEqual(left["member"]["memberID"], bobID)
+        while True:  # and his media is gone (sent with the leave, in either order)
+            media = await watcher.expect("MEDIA_indication", timeout=5)
+            if media["member"]["memberID"] == bobID and not media["video"]["available"]:
+                break
         values = await self.metricsUntil(
             lambda v: sum(n for k, n in v.items() if k.startswith("ahoy_peer_connections")) == 1
             and v.get('ahoy_peer_connections{state="connected"}') == 1

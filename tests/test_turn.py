@@ -145,6 +145,30 @@ class JoinResponseTests(unittest.TestCase):
         self.assertNotIn(secret, "\n".join(helpers.LOGLINES))
 
     @asyncTest
+    async def test_reload(self):
+        """A reload takes new TURN settings for the next joins (a rotated secret)."""
+        s = await Server().start()
+        clients = []
+        try:
+            c, joined = await createAndJoin(s.url, conferenceID="reload-room")
+            clients.append(c)
+            self.assertNotIn("iceServers", joined)
+            turn = TurnSettings(urls=(URLS[1],), secret=b"rotated-secret-9", ttl=600)
+            s.service.reload(testConfig(ice=IceSettings(host_addresses=("127.0.0.1",),
+                                                         turn=turn)))
+            c2, joined = await join(s.url, conferenceID="reload-room")
+            clients.append(c2)
+            (entry,) = joined["iceServers"]
+            self.assertEqual(entry["urls"], [URLS[1]])
+            self.assertEqual(entry["credential"],
+                             credentials(turn, joined["memberID"],
+                                         int(entry["username"].split(":")[0]) - 600)[1])
+        finally:
+            for c in clients:
+                await c.close()
+            await s.stop()
+
+    @asyncTest
     async def test_noTurn(self):
         """Without C{[ice.turn]} the response has no C{iceServers}."""
         s = await Server().start()
