@@ -30,6 +30,10 @@ host's namespace: nothing can leave the machine.  L{NetBed.close} removes
 every namespace, process and TAP device even after a failure (it is safe to
 call on a half-built bed) and then checks that the host's interfaces,
 namespaces and iptables rules are as they were.
+
+C{python -m tests.netbed [WORKDIR]} (as root) builds the bed and keeps it
+until Ctrl-C, for experiments and benchmarks: L{Cable} (or the control
+socket directly) changes a home's loss, delay, jitter and rate while it runs.
 """
 
 from __future__ import annotations
@@ -182,8 +186,14 @@ class NetBed:
 
     # -- building -----------------------------------------------------------
 
-    def start(self) -> NetBed:
-        """Build everything; on any failure, tear down what was built and raise."""
+    def start(self, coturn: bool = True, server: bool = True) -> NetBed:
+        """
+        Build everything; on any failure, tear down what was built and raise.
+
+        @param coturn: start coturn in the data centre.
+        @param server: start our server there (a benchmark may start another
+            SFU in C{dc} instead, with L{popen}).
+        """
         try:
             self.before = hostState()
             self._namespaces()
@@ -191,8 +201,10 @@ class NetBed:
             for role in LANS:
                 self._lan(role)
             self._firewalls()
-            self._coturn()
-            self._server()
+            if coturn:
+                self._coturn()
+            if server:
+                self._server()
         except BaseException:
             self.close()
             raise
@@ -460,3 +472,33 @@ allow = ["{VANTAGE}"]
                     os.kill(int(pid), signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def main(argv: list[str]) -> None:
+    """
+    C{python -m tests.netbed [WORKDIR]}, as root: build the bed, print how to
+    reach it, keep it until Ctrl-C (or SIGTERM), take it down.
+    """
+    why = missing()
+    if why:
+        raise SystemExit(f"tests.netbed: {why}")
+    bed = NetBed(Path(argv[0]) if argv else Path.cwd() / "netbed").start()
+    try:
+        print(f"server {bed.http} (ws {bed.url}), coturn {TURN_IP}:{TURN_PORT}, "
+              f"logs and configuration in {bed.workdir}")
+        for role in ROLES:
+            print(f"  {role:7} ip netns exec {bed.ns(role)} ...")
+        for role, cable in bed.cables.items():
+            print(f"  cable of {role}: {cable.path} (tests/cable.py: one JSON object a line)")
+        print("Ctrl-C takes it down.")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        problems = bed.close()
+        print("taken down" + (f"; not as it was: {problems}" if problems else ""))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

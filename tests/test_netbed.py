@@ -42,7 +42,6 @@ from tests.test_browser import ARTIFACTS, CHROMIUM_ARGS, MEDIA_WAIT, BrowserPage
 from tests.test_vanish import PeerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKDIR = ROOT / "_trial_temp" / "netbed"
 
 _bed: dict = {}
 
@@ -53,7 +52,8 @@ def sharedBed() -> NetBed:
         raise _bed["error"]
     if "bed" not in _bed:
         try:
-            _bed["bed"] = NetBed(WORKDIR).start()
+            # trial runs in its own temporary directory: logs and sockets go there.
+            _bed["bed"] = NetBed(Path.cwd() / "netbed").start()
         except Exception as e:
             _bed["error"] = e
             raise
@@ -79,6 +79,21 @@ def _figure(name: str, value) -> None:
     figures = json.loads(path.read_text()) if path.exists() else {}
     figures[name] = value
     path.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+class SkipTests(TestCase):
+    """Without what the bed needs, one line says why."""
+
+    def test_withoutRoot(self):
+        self.patch(netbed.os, "geteuid", lambda: 1000)
+        self.assertEqual(netbed.missing(),
+                         "the network test bed needs root (network namespaces, iptables)")
+
+    def test_withoutTool(self):
+        if os.geteuid() != 0:
+            raise SkipTest("only as root (otherwise root is what is missing)")
+        self.patch(netbed.shutil, "which", lambda tool: None if tool == "turnserver" else tool)
+        self.assertIn("turnserver is missing (apt-get install", netbed.missing())
 
 
 class NetBedTests(TestCase):
