@@ -314,7 +314,8 @@ class NetBedTests(TestCase):
             after = cable.set(up={"rate": 0, "queue": 1_000_000})["up"]
             drops = after["queue_drops"] - before["queue_drops"]
             self.assertEqual(got + drops, 20)
-            self.assertTrue(3 <= got <= 6, got)
+            self.assertGreaterEqual(got, 4)  # the queue holds four; more leave meanwhile
+            self.assertGreaterEqual(drops, 5)
             self.assertRaises(ValueError, cable.set, up={"loss": 2})
             self.assertRaises(ValueError, cable.set, sideways={"loss": 0})
             home.close()
