@@ -451,6 +451,14 @@ class NetBedTests(TestCase):
         watcher = await self.client("cut-room", "watcher")
         alice = await self.aiortcPeer("homeA", "cut-room", "alice", "--publish")
         await alice.waitFor("connected", timeout=MEDIA_WAIT)
+
+        def media(indication: dict) -> tuple[bool, bool]:
+            return (indication["audio"]["available"], indication["video"]["available"])
+
+        while True:  # the server receives both her audio and her video
+            indication = await watcher.expect("MEDIA_indication", timeout=MEDIA_WAIT)
+            if media(indication) == (True, True):
+                break
         await self.metricsUntil(
             lambda v: v.get('ahoy_peer_connections{state="connected"}') == 1
             and v["ahoy_publishers"] == 1, "Alice publishing")
@@ -460,11 +468,11 @@ class NetBedTests(TestCase):
         self.bed.exec(router, "iptables", "-I", *rule)
         try:
             cut = time.monotonic()
-            while True:
-                indication = await watcher.expect("MEDIA_indication", timeout=90)
-                if not indication.get("video", {}).get("available", True):
-                    break
+            indication = await watcher.expect("MEDIA_indication", timeout=90)
             noticed = time.monotonic() - cut
+            while media(indication) != (False, False):  # one kind at a time
+                self.assertIn(False, media(indication), indication)
+                indication = await watcher.expect("MEDIA_indication", timeout=5)
             values = await self.metricsUntil(
                 lambda v: sum(n for k, n in v.items()
                               if k.startswith("ahoy_peer_connections")) == 0
