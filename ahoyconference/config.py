@@ -24,7 +24,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class IceSettings:
     """
-    The C{[ice]} table (design.md 6).
+    The C{[ice]} table (docs/architecture.md; conf/ahoyconference.toml documents each key).
 
     @ivar host_addresses: addresses to gather host candidates on; empty means
         aioice's default (every non-loopback interface).

@@ -12,7 +12,10 @@ Two extension points:
    is L{ahoyconference.media.engine.AiortcMediaEngine}.
 
 The media engine reports back through L{IMediaListener}, which the service
-implements.
+implements.  The service makes its engine from a factory it is given
+(C{makeEngine(listener) -> IMediaEngine}), passing itself as the listener,
+so the engine has what it calls from its construction on and neither needs
+to be set on the other afterwards (docs/architecture.md, "Layers").
 """
 
 from __future__ import annotations
@@ -313,7 +316,9 @@ class IMediaEngine(Interface):
     def removeMember(memberID: str):
         """
         The member left: close its publishing peer connection, every
-        subscription it has and every subscription to it.
+        subscription it has and every subscription to it.  The listener is
+        told nothing of this member from here on, not even that its media
+        stopped: the caller announces that itself.
         """
 
     def stats() -> dict:

@@ -29,7 +29,7 @@ class RecordingProtocol:
 
 
 class LoopbackGuardTests(TestCase):
-    """L{ice.ignoreNonLoopbackPeers} through the engine."""
+    """L{hooks.guardChecks} with L{ice.isLoopback}, through the engine."""
 
     def test_onlyLoopback(self):
         self.assertTrue(ice.onlyLoopback(("127.0.0.1", "::1")))

@@ -313,15 +313,20 @@ class LifecycleTests(EngineTestMixin, TestCase):
 
     @asyncioTest
     async def test_removeMember(self):
-        """removeMember closes the member's publishing and every subscription to it."""
+        """
+        removeMember closes the member's publishing and every subscription to
+        it, and tells the listener nothing more of that member (the service
+        announces the departure itself).
+        """
         await self.publish("pub")
         await self.subscribe("sub", "pub")
         await self.subscribe("other", "pub", audio=False)
         await waitFor(lambda: self.engine.stats()["peer_connections"] == {"connected": 3},
                       what="connected")
         await waitFor(lambda: self.available("pub", "video", True), what="video arriving")
+        before = list(self.listener.events)
         self.engine.removeMember("pub")
-        self.assertTrue(self.available("pub", "video", False))
+        self.assertEqual(self.listener.events, before)
         stats = self.engine.stats()
         self.assertEqual((stats["publishers"], stats["subscriptions"]), (0, 0))
         await waitFor(lambda: not self.engine.stats()["peer_connections"], what="all freed")
@@ -515,7 +520,7 @@ class ForwardPathTests(TestCase):
         self.assertIn(b"\x100", first)  # mid element (id 1, one byte) now "0"
         self.assertEqual(first[-20:], b"\xAA" * 20)
         self.assertEqual(self.events, ["pli", "pli", ("available", True)])
-        self.assertEqual(self.stream.fwdPackets, 2)
+        self.assertEqual(self.stream.sentPackets, 2)
 
     def test_newSourceContinues(self):
         """A new SSRC (the publisher renegotiated) continues every output's numbering."""
@@ -621,3 +626,45 @@ class ForwardPathTests(TestCase):
         audio.configure({96: ("audio/opus", 48000, "", "")}, {96: 48000}, midId=1, levelId=2)
         audio.packet(rtp(1, 0, pt=96, level=0x80 | 33))
         self.assertEqual(levels, [(1000.0, 33)])
+
+
+class ExceptionHandlerTests(TestCase):
+    """L{installAsyncioExceptionHandler} logs asyncio errors through twisted.logger."""
+
+    def test_logged(self):
+        """An exception in a context is logged with its traceback; a message alone too."""
+        from ahoyconference.media.engine import installAsyncioExceptionHandler
+
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        installAsyncioExceptionHandler(loop)
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError as e:
+            error = e
+        loop.call_exception_handler({"message": "Task exception", "exception": error})
+        loop.call_exception_handler({"message": "just a message"})
+        failures = [e for e in events if "log_failure" in e]
+        self.assertEqual(len(failures), 1)
+        self.assertIs(failures[0]["log_failure"].value, error)
+        self.assertTrue(any(e.get("asyncio_message") == "just a message" for e in events), events)
+        self.flushLoggedErrors(RuntimeError)
+
+
+class TestPeerHookTests(TestCase):
+    """
+    The private aiortc attributes the test peers (L{tests.mediaclients}) and
+    the benches use; the server's own are in L{tests.test_media_hooks}.
+    """
+
+    def test_receiverHelpers(self):
+        """The test peers use the receiver's PLI helper and its stream table."""
+        import inspect
+
+        from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+        self.assertIn("_send_rtcp_pli", dir(RTCRtpReceiver))
+        self.assertIn("self.__remote_streams", inspect.getsource(RTCRtpReceiver._handle_rtp_packet))

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_media_engine -*-
 """
 The per-packet fast path: one publisher's stream of one kind in, every
-subscriber's copy out (design.md 5 and 9).
+subscriber's copy out (docs/architecture.md).
 
 An L{InStream} gets each decrypted RTP packet of its publisher as C{bytes}.
 Per packet it reads the fixed header once, keeps the statistics for receiver
@@ -21,20 +21,14 @@ publisher renegotiating.
 
 from __future__ import annotations
 
-import random
 import struct
 from collections.abc import Callable
 
 from aiortc.rtp import RtcpReceiverInfo, clamp_packets_lost
 
+from ahoyconference.media.hooks import ZERO_COPY_MAX, srtpProtectInPlace
+from ahoyconference.media.outstream import OutStream
 from ahoyconference.media.speaking import findExtensions
-
-try:  # the zero-copy send path below uses pylibsrtp's cffi binding (pinned: 1.0.0)
-    from pylibsrtp import Session as _SrtpSession
-    from pylibsrtp._binding import ffi as _ffi
-    from pylibsrtp._binding import lib as _srtpLib
-except ImportError:  # pragma: no cover
-    _SrtpSession = _ffi = _srtpLib = None
 
 RING_SIZE = 1024
 """Video packets kept per stream for retransmission on NACK."""
@@ -44,41 +38,6 @@ _header = struct.Struct("!BBHII").unpack_from
 _rewrite = struct.Struct("!BHII").pack_into
 _u16 = struct.Struct("!H").pack
 _NTP_EPOCH = 2208988800
-_ZERO_COPY_MAX = 1500 - 144
-"""Largest packet for the zero-copy path: pylibsrtp's 1500-byte buffer less
-SRTP_MAX_TRAILER_LEN (tag + MKI)."""
-
-
-def zeroCopySender(protect: Callable, sendto: Callable) -> tuple | None:
-    """
-    The parts of a zero-copy send path for one output, or C{None} when
-    C{protect} is not a pylibsrtp C{Session.protect} or C{sendto} not an
-    asyncio datagram transport's (then the generic path is used).
-
-    Per packet the generic path copies the packet into a C{bytearray},
-    rewrites it, copies it to C{bytes}, and pylibsrtp copies it into its C
-    buffer, allocates an C{int *}, protects, and copies the result out
-    again; asyncio's C{sendto} then checks its state in Python.  The zero-copy
-    path writes the packet straight into the session's own C buffer,
-    rewrites it there, calls C{srtp_protect} on it with a length pointer
-    allocated once, and hands a C{memoryview} of the result to the socket.
-    The buffer is the one pylibsrtp itself uses for every C{protect} of that
-    session, so the loop must not protect anything else on the session
-    between the write and the C{sendto} (nothing can: one thread, no await).
-    A full socket buffer drops the packet (counted in C{errors}) instead of
-    queueing it in asyncio's transport.
-
-    @return: C{(srtp, cdata, view, lenPointer, socketSendto)}.
-    """
-    session = getattr(protect, "__self__", None)
-    transport = getattr(sendto, "__self__", None)
-    sock = getattr(transport, "_sock", None)
-    if (_SrtpSession is None or not isinstance(session, _SrtpSession) or sock is None
-            or getattr(protect, "__func__", None) is not _SrtpSession.protect):
-        return None
-    cdata = session._cdata
-    return (session._srtp[0], cdata, memoryview(_ffi.buffer(cdata)), _ffi.new("int *"),
-            sock.sendto)
 
 
 def ntpTime(seconds: float) -> int:
@@ -93,73 +52,6 @@ def headerLength(data) -> int:
     if b0 & 0x10:
         length += 4 + 4 * ((data[length + 2] << 8) | data[length + 3])
     return length
-
-
-class OutStream:
-    """
-    One subscriber's copy of one publisher's stream of one kind.
-
-    @ivar ssrc: our sender's SSRC, advertised in the subscriber's offer.
-    @ivar pt: the payload type for the publisher's current codec, -1 when
-        the subscriber did not accept that codec (then nothing is sent).
-    @ivar mid: the subscriber's one-byte mid value, written over the
-        publisher's in the mid header extension.
-    @ivar protect: the subscriber's SRTP C{protect}.
-    @ivar sendto: the C{sendto} of the nominated pair's socket transport.
-    @ivar addr: the nominated pair's remote address.
-    """
-
-    __slots__ = (
-        "kind", "ssrc", "rtxSsrc", "ptByKey", "rtxByPt", "pt", "rtxPt", "mid",
-        "_protect", "_sendto", "addr", "seqDelta", "tsDelta", "startSeq", "startTs",
-        "rtxSeq", "basePackets", "baseOctets", "errors", "retransmitted", "owner", "zeroCopy",
-    )
-
-    def __init__(self, kind: str, ssrc: int, ptByKey: dict, rtxByPt: dict, rtxSsrc: int | None,
-                 mid: int, protect: Callable, sendto: Callable, addr, owner=None):
-        self.kind = kind
-        self.ssrc = ssrc
-        self.rtxSsrc = rtxSsrc
-        self.ptByKey = ptByKey
-        self.rtxByPt = rtxByPt
-        self.pt = -1
-        self.rtxPt = None
-        self.mid = mid
-        self._protect = protect
-        self._sendto = sendto
-        self.addr = addr
-        self.seqDelta: int | None = None
-        self.tsDelta = 0
-        self.startSeq = random.randrange(0, 0x8000)
-        self.startTs = random.randrange(0, 0x100000000)
-        self.rtxSeq = random.randrange(0, 0x8000)
-        self.basePackets = 0
-        self.baseOctets = 0
-        self.errors = 0
-        self.retransmitted = 0
-        self.owner = owner
-        self.zeroCopy = zeroCopySender(protect, sendto)
-
-    # Replacing protect or sendto (tests drop packets that way) turns the
-    # zero-copy path off unless the new pair qualifies again.
-
-    @property
-    def protect(self) -> Callable:
-        return self._protect
-
-    @protect.setter
-    def protect(self, value: Callable) -> None:
-        self._protect = value
-        self.zeroCopy = zeroCopySender(value, self._sendto)
-
-    @property
-    def sendto(self) -> Callable:
-        return self._sendto
-
-    @sendto.setter
-    def sendto(self, value: Callable) -> None:
-        self._sendto = value
-        self.zeroCopy = zeroCopySender(self._protect, value)
 
 
 class InStream:
@@ -221,11 +113,12 @@ class InStream:
         self.fwdSeq: int | None = None
         self.fwdTs = 0
         self.fwdTime = 0.0
-        # counters
-        self.fwdIn = 0
-        self.fwdInOctets = 0
-        self.fwdPackets = 0
-        self.fwdOctets = 0
+        # counters: packets (and payload octets) taken from the source while
+        # forwarding is enabled, for sender reports; copies sent to outputs
+        self.acceptedPackets = 0
+        self.acceptedOctets = 0
+        self.sentPackets = 0
+        self.sentOctets = 0
         self.dropped = 0
 
     # -- configuration ------------------------------------------------------
@@ -250,8 +143,8 @@ class InStream:
             out.seqDelta = (out.startSeq - self.maxSeq - 1) & 0xFFFF
             ref = self.fwdTs if self.fwdSeq is not None else self.refRtp
             out.tsDelta = (out.startTs - ref) & 0xFFFFFFFF
-        out.basePackets = self.fwdIn
-        out.baseOctets = self.fwdInOctets
+        out.basePackets = self.acceptedPackets
+        out.baseOctets = self.acceptedOctets
         self.outputs.append(out)
         self._remap()
         if self.kind == "video":
@@ -323,14 +216,14 @@ class InStream:
         self.fwdSeq = seq
         self.fwdTs = ts
         self.fwdTime = now
-        self.fwdIn += 1
-        self.fwdInOctets += len(data) - 12
+        self.acceptedPackets += 1
+        self.acceptedOctets += len(data) - 12
         outs = self.active
         if not outs:
             return
         size = len(data)
-        small = size <= _ZERO_COPY_MAX
-        protect = _srtpLib.srtp_protect if _srtpLib is not None else None
+        small = size <= ZERO_COPY_MAX
+        protect = srtpProtectInPlace
         b = None
         marker = b1 & 0x80
         for o in outs:
@@ -359,8 +252,8 @@ class InStream:
             except Exception:  # SRTP or socket trouble: count it, never raise into aioice
                 o.errors += 1
         n = len(outs)
-        self.fwdPackets += n
-        self.fwdOctets += n * size
+        self.sentPackets += n
+        self.sentOctets += n * size
 
     def _newSource(self, ssrc: int, pt: int, seq: int, ts: int) -> bool:
         key = self.codecs.get(pt)
@@ -472,8 +365,8 @@ class InStream:
         now = self._now()
         elapsed = now - self.refLocal
         rtp = (self.refRtp + int(elapsed * self.clockRate) + out.tsDelta) & 0xFFFFFFFF
-        return (ntpTime(self.refNtp + elapsed), rtp, self.fwdIn - out.basePackets,
-                self.fwdInOctets - out.baseOctets)
+        return (ntpTime(self.refNtp + elapsed), rtp, self.acceptedPackets - out.basePackets,
+                self.acceptedOctets - out.baseOctets)
 
     def retransmit(self, out: OutStream, sequenceNumbers) -> int:
         """
@@ -512,5 +405,4 @@ class InStream:
                 out.errors += 1
                 continue
             sent += 1
-        out.retransmitted += sent
         return sent

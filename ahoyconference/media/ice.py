@@ -1,22 +1,20 @@
-# -*- test-case-name: tests.test_media_hooks -*-
+# -*- test-case-name: tests.test_ice -*-
 """
-The C{[ice]} settings applied to aiortc and aioice (design.md 6).
+The C{[ice]} settings as aiortc and aioice take them (docs/architecture.md).
 
  - L{rtcConfiguration}: always an explicit C{RTCConfiguration} whose
    C{iceServers} come from the config (none by default: aiortc would
    otherwise ask a public STUN server), with max-bundle.
- - L{installHostAddresses}: C{host_addresses} applied by wrapping
-   C{aioice.ice.get_host_addresses} (a private API; tests.test_media_hooks
-   fails loudly if it moves).  aioice skips loopback when it gathers, which
-   is why tests need this to use 127.0.0.1.
+ - C{host_addresses} is applied by L{ahoyconference.media.hooks.installHostAddresses}
+   (aioice skips loopback when it gathers, which is why tests need it to use
+   127.0.0.1).
+ - L{isLoopback}: which connectivity checks a loopback-only server answers.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
 
-import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
@@ -42,87 +40,20 @@ def rtcConfiguration(settings: IceSettings) -> RTCConfiguration:
     )
 
 
-_stack: list[tuple[str, ...]] = []
-_original: Callable | None = None
-
-
-def _hostAddresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    if not _stack:
-        return _original(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
-    result = []
-    for address in _stack[-1]:
-        version = ipaddress.ip_address(address).version
-        if (version == 4 and use_ipv4) or (version == 6 and use_ipv6):
-            result.append(address)
-    return result
-
-
-def installHostAddresses(addresses: tuple[str, ...]) -> Callable[[], None]:
-    """
-    Make aioice gather host candidates on exactly these addresses.
-
-    The wrapper stays installed while any caller needs it; the newest
-    caller's addresses apply.  An empty tuple changes nothing.
-
-    @return: a function that undoes this call.
-    """
-    global _original
-    if not addresses:
-        return lambda: None
-    for address in addresses:
-        ipaddress.ip_address(address)  # ValueError for a typo, at start-up
-    if aioice.ice.get_host_addresses is not _hostAddresses:
-        _original = aioice.ice.get_host_addresses
-        aioice.ice.get_host_addresses = _hostAddresses
-    entry = tuple(addresses)
-    _stack.append(entry)
-    done = []
-
-    def uninstall() -> None:
-        if done:
-            return
-        done.append(True)
-        _stack.remove(entry)
-        if not _stack and aioice.ice.get_host_addresses is _hostAddresses:
-            aioice.ice.get_host_addresses = _original
-
-    return uninstall
-
-
 def onlyLoopback(addresses: tuple[str, ...]) -> bool:
     """Are we gathering on loopback addresses only?"""
     return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
 
 
-def ignoreNonLoopbackPeers(pc) -> int:
+def isLoopback(address: str) -> bool:
     """
-    Make the ICE agent of C{pc} ignore connectivity checks from addresses
-    that are not loopback.
-
-    A server that gathers on loopback only (tests, benches, a server behind a
-    local proxy) must not learn a peer-reflexive address elsewhere: Chromium
-    happily pairs its socket on the machine's other address with our
-    127.0.0.1 candidate, and we would then send media to that address.  Call
-    after C{setLocalDescription} (the agents exist then).
-
-    @return: the number of ICE agents guarded (1 with max-bundle).
+    Is C{address} a loopback address?  A server that gathers on loopback
+    only (tests, benches, a server behind a local proxy) must not learn a
+    peer-reflexive address elsewhere: Chromium happily pairs its socket on
+    the machine's other address with our 127.0.0.1 candidate, and we would
+    then send media to that address.
     """
-    guarded = 0
-    for transceiver in pc.getTransceivers():
-        connection = transceiver.receiver.transport.transport._connection
-        if getattr(connection, "_ahoyGuarded", False):
-            continue
-        original = connection.request_received
-
-        def requestReceived(message, addr, *args, _original=original, **kwargs):
-            try:
-                if not ipaddress.ip_address(addr[0]).is_loopback:
-                    return None
-            except ValueError:
-                return None
-            return _original(message, addr, *args, **kwargs)
-
-        connection.request_received = requestReceived
-        connection._ahoyGuarded = True
-        guarded += 1
-    return guarded
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

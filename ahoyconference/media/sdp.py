@@ -24,10 +24,9 @@ import re
 from dataclasses import dataclass, field
 
 from aiortc import sdp as aiosdp
-from aiortc.codecs import is_rtx
-from aiortc.rtcpeerconnection import is_codec_compatible
 
 from ahoyconference.interfaces import ProtocolError
+from ahoyconference.media.hooks import isCodecCompatible, isRtx
 
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -297,10 +296,10 @@ def checkAnswer(offer: str, answer: object, side: str) -> list[NegotiatedMedia]:
         media = NegotiatedMedia(kind=theirs.kind, mid=theirs.rtp.muxId, direction=direction)
         base = {}
         for codec in theirs.rtp.codecs:
-            if is_rtx(codec):
+            if isRtx(codec):
                 continue
             mine = next((c for c in ours.rtp.codecs
-                         if not is_rtx(c) and is_codec_compatible(c, codec)), None)
+                         if not isRtx(c) and isCodecCompatible(c, codec)), None)
             if mine is not None:
                 media.codecs[codec.payloadType] = codecKey(mine)
                 media.clockRates[codec.payloadType] = codec.clockRate
@@ -308,7 +307,7 @@ def checkAnswer(offer: str, answer: object, side: str) -> list[NegotiatedMedia]:
         if not media.codecs:
             _refuse(f"{what}: no codec in common with the offer")
         for codec in theirs.rtp.codecs:
-            apt = codec.parameters.get("apt") if is_rtx(codec) else None
+            apt = codec.parameters.get("apt") if isRtx(codec) else None
             if isinstance(apt, int) and apt in base:
                 media.rtx[apt] = codec.payloadType
         offeredUris = {e.uri for e in ours.rtp.headerExtensions}
