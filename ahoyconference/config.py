@@ -10,6 +10,7 @@ key and the file (L{ConfigError}).
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,11 +32,15 @@ class IceSettings:
     @ivar servers: STUN/TURN servers as dicts with C{urls} and, for TURN,
         C{username} and C{credential}.
     @ivar public_address: advertised instead of a private host address (1:1 NAT).
+    @ivar allowed_remote_networks: remote addresses we may send STUN and
+        media to: C{"public"} (globally routed), C{"local"} (the subnets of
+        the addresses we gather on) and networks in CIDR notation.
     """
 
     host_addresses: tuple[str, ...] = ()
     servers: tuple[dict, ...] = ()
     public_address: str | None = None
+    allowed_remote_networks: tuple[str, ...] = ("public", "local")
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "host_addresses": ((list,), None),
         "servers": ((list,), None),
         "public_address": ((str,), None),
+        "allowed_remote_networks": ((list,), None),
     },
     "metrics": {
         "enabled": ((bool,), None),
@@ -240,6 +246,16 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
             _fail(path, "[ice] servers", f"unknown key {sorted(unknown)[0]!r}")
 
 
+    allowedNetworks = _strings(path, "[ice] allowed_remote_networks",
+                               iceTable.get("allowed_remote_networks", ["public", "local"]))
+    for entry in allowedNetworks:
+        try:
+            if entry not in ("public", "local"):
+                ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            _fail(path, "[ice] allowed_remote_networks",
+                  f"{entry!r} is not 'public', 'local' or a network like 10.0.0.0/8")
+
     logLevel = server.get("log_level", "info")
     if logLevel not in ("debug", "info", "warn", "error", "critical"):
         _fail(path, "[server] log_level",
@@ -271,6 +287,7 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
             host_addresses=_strings(path, "[ice] host_addresses", iceTable.get("host_addresses", [])),
             servers=tuple(dict(s) for s in servers),
             public_address=iceTable.get("public_address"),
+            allowed_remote_networks=allowedNetworks,
         ),
         policy_name=policyName,
         policy_options=policy,

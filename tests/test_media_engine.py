@@ -585,8 +585,69 @@ class ForwardPathTests(TestCase):
         plainLost = fields(plainOut.sent[5])[2]
         self.assertEqual(self.stream.retransmit(plainOut, [plainLost]), 1)
         self.assertEqual(plainOut.sent[-1], plainOut.sent[5])
+        self.time += 1.0
         self.stream.packet(rtp(1, 0, ssrc=0x7777))  # a new source: the old ring is gone
         self.assertEqual(self.stream.retransmit(plainOut, [plainLost]), 0)
+
+    def test_sourceChurnBounded(self):
+        """
+        A stream changes its source at most once per SOURCE_SWITCH_INTERVAL
+        (each change rebases every output); it remembers MAX_SOURCES SSRCs
+        and frees the libsrtp state of the others (onStale).
+        """
+        from ahoyconference.media.forward import MAX_SOURCES, SOURCE_SWITCH_INTERVAL, InStream
+
+        stale = []
+        stream = InStream("pub", "video", lambda: self.time,
+                          onStale=lambda s, ssrc: stale.append(ssrc))
+        stream.configure({97: self.VP8}, {97: 90000}, midId=1, levelId=0)
+        out = self.output()
+        stream.attach(out)
+        stream.packet(rtp(1, 0, ssrc=1))
+        for ssrc in range(2, 102):  # a hundred new SSRCs in no time: all dropped and freed
+            stream.packet(rtp(ssrc, 0, ssrc=ssrc))
+        self.assertEqual((stream.ssrc, stream.sourceChanges), (1, 1))
+        self.assertEqual(stream.drops["source_churn"], 100)
+        self.assertEqual(stale, list(range(2, 102)))
+        del stale[:]
+        for ssrc in range(200, 210):  # one per interval: taken, the oldest forgotten
+            self.time += SOURCE_SWITCH_INTERVAL
+            stream.packet(rtp(ssrc, 0, ssrc=ssrc))
+        self.assertEqual(stream.ssrc, 209)
+        self.assertEqual(stream.sources, list(range(206, 210)))
+        self.assertEqual(len(stream.sources), MAX_SOURCES)
+        self.assertEqual(stale, [1] + list(range(200, 206)))
+        self.assertEqual(stream.sourceChanges, 11)
+        seqs = [fields(p)[2] for p in out.sent]
+        self.assertEqual([(b - a) & 0xFFFF for a, b in zip(seqs, seqs[1:])], [1] * 10)
+
+    def test_sendErrorsCounted(self):
+        """
+        A send that fails is counted as an error, not as forwarded; the first
+        failure of its kind is logged with its traceback, the others only counted.
+        """
+        from ahoyconference.media.faults import Faults
+        from ahoyconference.media.forward import InStream
+
+        faults = Faults()
+        stream = InStream("pub", "video", lambda: self.time, faults=faults)
+        stream.configure({97: self.VP8}, {97: 90000}, midId=1, levelId=0)
+        good, bad = self.output(), self.output(ssrc=0x4444)
+
+        def broken(data, addr):
+            raise OSError("no buffer space")
+
+        bad.sendto = broken
+        stream.attach(good)
+        stream.attach(bad)
+        for seq in range(10):
+            stream.packet(rtp(seq, seq * 3000))
+        self.assertEqual((stream.sentPackets, len(good.sent), bad.errors), (10, 10, 10))
+        self.assertEqual(stream.sendErrors, 10)
+        self.assertEqual(faults.counts["send"], 10)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        stream.detach(bad)
+        self.assertEqual(stream.sendErrors, 10)
 
     def test_receiverReport(self):
         """Losses, highest sequence number (with wrap) and LSR/DLSR of the report block."""

@@ -37,6 +37,7 @@ from ahoyconference.interfaces import IMediaEngine, IMediaListener, ProtocolErro
 from ahoyconference.logs import logger
 from ahoyconference.media import hooks
 from ahoyconference.media import sdp as _sdp
+from ahoyconference.media.faults import Faults
 from ahoyconference.media.forward import InStream
 from ahoyconference.media.outstream import OutStream
 from ahoyconference.media.peers import (
@@ -47,6 +48,7 @@ from ahoyconference.media.peers import (
     Publisher,
     PublisherConnection,
     Subscription,
+    SubscriptionTable,
     codecPreferences,
     short,
 )
@@ -115,12 +117,13 @@ class AiortcMediaEngine:
         self._clock = clock
         self._now = clock.seconds
         self._publishers: dict[str, Publisher] = {}
+        self.faults = Faults()
+        self.drops = Counter()
         self._media = MediaStreams(listener, self._now, self._keyframeNeeded, self._newSource,
-                                   self._foreignSsrc)
+                                   self._staleSsrc, self.faults)
         self._streams = self._media.streams
-        self._subscriptions: dict[tuple[str, str], Subscription] = {}
+        self._subscriptions = SubscriptionTable()
         self._closed = False
-        self._dropped = 0
         self.counters = Counter()
         self._connections = PeerConnections(ice, clock, iceTimeout, self._peerConnected,
                                             self._peerEnded, self._countDrop, self.counters)
@@ -138,8 +141,8 @@ class AiortcMediaEngine:
         if self._closed:
             raise ProtocolError(503, detail="media engine closed")
 
-    def _countDrop(self) -> None:
-        self._dropped += 1
+    def _countDrop(self, reason: str) -> None:
+        self.drops[reason] += 1
 
     def _watch(self, peer: Peer) -> None:
         if not self._ticker.running:
@@ -147,7 +150,7 @@ class AiortcMediaEngine:
         self._connections.watch(peer)
 
     def _subscriptionsOf(self, publisherID: str) -> list[Subscription]:
-        return [sub for sub in self._subscriptions.values() if sub.publisherID == publisherID]
+        return self._subscriptions.of(publisherID)
 
     def _peerConnected(self, peer: Peer) -> None:
         if isinstance(peer, PublisherConnection):
@@ -208,7 +211,7 @@ class AiortcMediaEngine:
         if pub is None:
             pub = self._publishers[memberID] = Publisher(memberID)
         pc = self._connections.new()
-        conn = PublisherConnection(pc, memberID, kinds, self._countDrop)
+        conn = PublisherConnection(pc, memberID, kinds, self._countDrop, self.faults)
         for kind in kinds:
             transceiver = pc.addTransceiver(kind, direction="recvonly")
             transceiver.setCodecPreferences(codecPreferences(kind))
@@ -305,8 +308,11 @@ class AiortcMediaEngine:
         if pub is not None:
             self._rtcp.reportSoon(pub)
 
-    def _foreignSsrc(self, stream: InStream, ssrc: int) -> None:
-        """A publisher sent an SSRC its answer did not announce (dropped)."""
+    def _staleSsrc(self, stream: InStream, ssrc: int) -> None:
+        """
+        A publisher's SSRC we will not forward (its answer did not announce
+        it, or it is one source too many): free libsrtp's state for it.
+        """
         pub = self._publishers.get(stream.publisherID)
         if pub is not None and pub.current is not None:
             pub.current.forget(ssrc)
@@ -410,7 +416,7 @@ class AiortcMediaEngine:
         negotiated = _sdp.checkAnswer(sub.offerSdp, sdp, "subscriber")
 
         async def handleRtp(data, arrival_time_ms=0):
-            self._countDrop()
+            self._countDrop("subscriber_rtp")
 
         async def handleRtcp(data):
             self._rtcp.subscriberRtcp(sub, data)
@@ -465,7 +471,7 @@ class AiortcMediaEngine:
         self._media.quiet(memberID)
         try:
             self.unpublish(memberID)
-            for key in [k for k in self._subscriptions if memberID in k]:
+            for key in self._subscriptions.keysOf(memberID):
                 self.unsubscribe(*key)
         finally:
             self._media.remove(memberID)
@@ -480,13 +486,16 @@ class AiortcMediaEngine:
     def stats(self):
         """Counters for /metrics (see L{IMediaEngine.stats}), plus a few more."""
         totals = self._media.totals()
+        drops = totals.pop("drops") + self.drops
         result = {
             "publishers": sum(1 for p in self._publishers.values() if p.current or p.pending),
             "subscriptions": len(self._subscriptions),
             "forwarded_packets": totals["forwarded_packets"],
             "forwarded_bytes": totals["forwarded_bytes"],
-            "dropped_packets": totals["dropped_packets"] + self._dropped,
+            "dropped_packets": totals["dropped_packets"] + sum(self.drops.values()),
+            "drops": dict(drops),
             "send_errors": totals["send_errors"],
+            "media_errors": dict(self.faults.counts),
             "peer_connections": dict(self._connections.states()),
         }
         result.update(self.counters)

@@ -17,21 +17,33 @@ changes (a new peer connection, a new SSRC) or forwarding resumes after a
 moderator mute, every output continues its sequence numbers and timestamps
 where it stopped (L{InStream._rebase}), so subscriptions survive the
 publisher renegotiating.
+
+Over 400 lines: the packet path, the receive statistics it keeps for our
+reports, the ring it fills and the retransmissions answered from it share
+the state of one object, read per packet without indirection.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from collections.abc import Callable
 
 from aiortc.rtp import RtcpReceiverInfo, clamp_packets_lost
 
+from ahoyconference.media.faults import Faults, SrtpStatusError
 from ahoyconference.media.hooks import ZERO_COPY_MAX, srtpProtectInPlace
 from ahoyconference.media.outstream import OutStream
 from ahoyconference.media.speaking import findExtensions
 
 RING_SIZE = 1024
 """Video packets kept per stream for retransmission on NACK."""
+
+MAX_SOURCES = 4
+"""SSRCs remembered per stream: older ones' libsrtp state is freed."""
+
+SOURCE_SWITCH_INTERVAL = 0.5
+"""Seconds: a stream changes its source (SSRC or codec) at most this often."""
 
 _RING_MASK = RING_SIZE - 1
 _header = struct.Struct("!BBHII").unpack_from
@@ -61,6 +73,10 @@ class InStream:
     @ivar enabled: C{False} while a moderator stops forwarding (4.4).
     @ivar available: media arrived from the current source.
     @ivar ssrc: the current source's SSRC, C{None} without a source.
+    @ivar sources: the last L{MAX_SOURCES} SSRCs that were the source, oldest
+        first; the libsrtp state of older ones is freed (C{onStale}).
+    @ivar sourceChanges: how often the source (SSRC or codec) changed.
+    @ivar drops: dropped packets by reason; C{dropped} is their sum.
     """
 
     def __init__(self, publisherID: str, kind: str, now: Callable[[], float],
@@ -68,14 +84,16 @@ class InStream:
                  onKeyframeNeeded: Callable[[InStream], None] = lambda s: None,
                  onLevel: Callable[[float, int], None] | None = None,
                  onSource: Callable[[InStream], None] = lambda s: None,
-                 onForeign: Callable[[InStream, int], None] = lambda s, ssrc: None):
+                 onStale: Callable[[InStream, int], None] = lambda s, ssrc: None,
+                 faults: Faults | None = None):
         self.publisherID = publisherID
         self.kind = kind
         self._now = now
         self._onAvailable = onAvailable
         self._onKeyframeNeeded = onKeyframeNeeded
         self._onSource = onSource
-        self._onForeign = onForeign
+        self._onStale = onStale
+        self._faults = faults if faults is not None else Faults()
         self.onLevel = onLevel
         self.outputs: list[OutStream] = []
         self.active: list[OutStream] = []
@@ -88,8 +106,11 @@ class InStream:
         self.midId = 0
         self.levelId = 0
         self.ssrcs: frozenset[int] = frozenset()
-        # the current source
+        # the current source, and the last few
         self.ssrc: int | None = None
+        self.sources: list[int] = []
+        self.switchTime = -SOURCE_SWITCH_INTERVAL
+        self.sourceChanges = 0
         self.pt = -1
         self.key: tuple | None = None
         self.clockRate = 90000 if kind == "video" else 48000
@@ -120,6 +141,8 @@ class InStream:
         self.sentPackets = 0
         self.sentOctets = 0
         self.dropped = 0
+        self.drops: Counter = Counter()
+        self.detachedErrors = 0
 
     # -- configuration ------------------------------------------------------
 
@@ -154,7 +177,13 @@ class InStream:
         """Stop feeding an output."""
         if out in self.outputs:
             self.outputs.remove(out)
+            self.detachedErrors += out.errors
             self._remap()
+
+    @property
+    def sendErrors(self) -> int:
+        """Packets that could not be protected or sent, to any output so far."""
+        return self.detachedErrors + sum(o.errors for o in self.outputs)
 
     def setEnabled(self, enabled: bool) -> None:
         """Stop or resume forwarding; resuming continues every output's numbering."""
@@ -226,6 +255,7 @@ class InStream:
         protect = srtpProtectInPlace
         b = None
         marker = b1 & 0x80
+        sent = 0
         for o in outs:
             z = o.zeroCopy
             try:
@@ -237,9 +267,9 @@ class InStream:
                     if midOffset:
                         view[midOffset] = o.mid
                     length[0] = size
-                    if protect(srtp, cdata, length):
-                        o.errors += 1
-                        continue
+                    status = protect(srtp, cdata, length)
+                    if status:
+                        raise SrtpStatusError(f"srtp_protect returned {status}")
                     send(view[:length[0]], o.addr)
                 else:
                     if b is None:
@@ -249,24 +279,39 @@ class InStream:
                     if midOffset:
                         b[midOffset] = o.mid
                     o.sendto(o.protect(bytes(b)), o.addr)
-            except Exception:  # SRTP or socket trouble: count it, never raise into aioice
+                sent += 1
+            except Exception as e:  # SRTP or socket trouble: never raise into aioice
                 o.errors += 1
-        n = len(outs)
-        self.sentPackets += n
-        self.sentOctets += n * size
+                self._faults.error("send", e)
+        self.sentPackets += sent
+        self.sentOctets += sent * size
+
+    def _drop(self, reason: str) -> bool:
+        self.dropped += 1
+        self.drops[reason] += 1
+        return False
 
     def _newSource(self, ssrc: int, pt: int, seq: int, ts: int) -> bool:
         key = self.codecs.get(pt)
         if key is None:
-            self.dropped += 1
-            return False
+            return self._drop("payload_type")
         if self.ssrcs and ssrc not in self.ssrcs:
-            self.dropped += 1
-            self._onForeign(self, ssrc)
-            return False
+            self._onStale(self, ssrc)
+            return self._drop("foreign_ssrc")
         now = self._now()
         newSource = ssrc != self.ssrc
+        if ((newSource or key != self.key) and self.ssrc is not None
+                and now - self.switchTime < SOURCE_SWITCH_INTERVAL):
+            # Each change rebases or remaps every output: at most one per
+            # interval (a publisher cycling SSRCs or codecs, docs/reliability.md).
+            if ssrc not in self.sources:
+                self._onStale(self, ssrc)
+            return self._drop("source_churn")
+        if newSource or key != self.key:
+            self.switchTime = now
+            self.sourceChanges += 1
         if newSource:
+            self._remember(ssrc)
             self.ssrc = ssrc
             self.baseSeq = seq
             self.maxSeq = seq
@@ -300,6 +345,14 @@ class InStream:
             self.available = True
             self._onAvailable(self, True)
         return True
+
+    def _remember(self, ssrc: int) -> None:
+        """Keep the last L{MAX_SOURCES} sources; free the libsrtp state of older ones."""
+        if ssrc in self.sources:
+            self.sources.remove(ssrc)
+        self.sources.append(ssrc)
+        while len(self.sources) > MAX_SOURCES:
+            self._onStale(self, self.sources.pop(0))
 
     def _rebase(self, seq: int, ts: int, now: float) -> None:
         """Continue every output's numbering from what it last sent."""
@@ -368,11 +421,15 @@ class InStream:
         return (ntpTime(self.refNtp + elapsed), rtp, self.acceptedPackets - out.basePackets,
                 self.acceptedOctets - out.baseOctets)
 
-    def retransmit(self, out: OutStream, sequenceNumbers) -> int:
+    def retransmit(self, out: OutStream, sequenceNumbers,
+                   mayResend: Callable[[int, int], bool] | None = None) -> int:
         """
         Answer a subscriber's NACK from the ring: as RTX when the subscriber
         negotiated it, else the packet again.
 
+        @param mayResend: asked C{(sequenceNumber, size)} before each packet
+            goes out (the NACK budget, L{ahoyconference.media.rtcp}); C{False}
+            skips it.
         @return: how many packets were sent.
         """
         if self.ring is None or out.seqDelta is None or not self.enabled or out.pt < 0:
@@ -386,12 +443,15 @@ class InStream:
             b0, b1, seq, ts, ssrc = _header(data)
             if seq != inSeq or ssrc != self.ssrc:
                 continue
+            rtx = out.rtxPt is not None and out.rtxSsrc is not None
+            if mayResend is not None and not mayResend(outSeq & 0xFFFF, len(data) + 2 * rtx):
+                continue
             b = bytearray(data)
             outTs = (ts + out.tsDelta) & 0xFFFFFFFF
             midOffset, _ = findExtensions(data, self.midId, 0)
             if midOffset:
                 b[midOffset] = out.mid
-            if out.rtxPt is not None and out.rtxSsrc is not None:
+            if rtx:
                 _rewrite(b, 1, (b1 & 0x80) | out.rtxPt, out.rtxSeq, outTs, out.rtxSsrc)
                 out.rtxSeq = (out.rtxSeq + 1) & 0xFFFF
                 length = headerLength(data)
@@ -401,8 +461,9 @@ class InStream:
                 packet = bytes(b)
             try:
                 out.sendto(out.protect(packet), out.addr)
-            except Exception:
+            except Exception as e:
                 out.errors += 1
+                self._faults.error("retransmit", e)
                 continue
             sent += 1
         return sent

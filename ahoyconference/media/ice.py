@@ -9,12 +9,17 @@ The C{[ice]} settings as aiortc and aioice take them (docs/architecture.md).
    (aioice skips loopback when it gathers, which is why tests need it to use
    127.0.0.1).
  - L{isLoopback}: which connectivity checks a loopback-only server answers.
+ - L{RemoteNetworks}: C{allowed_remote_networks}, the remote addresses the
+   server may send STUN and media to (remote candidates outside are dropped
+   from answers, connectivity checks from outside are ignored).
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
+import ifaddr
 from aiortc import RTCConfiguration, RTCIceServer
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
@@ -57,3 +62,89 @@ def isLoopback(address: str) -> bool:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
+
+
+PUBLIC = "public"
+"""In C{allowed_remote_networks}: every globally routed unicast address."""
+
+LOCAL = "local"
+"""In C{allowed_remote_networks}: the networks of the addresses we gather on."""
+
+DEFAULT_ALLOWED = (PUBLIC, LOCAL)
+"""The default: the Internet, and the server's own subnets (a LAN works)."""
+
+
+def parseNetworks(entries: Iterable[str]) -> list:
+    """
+    Check C{allowed_remote_networks} entries: C{"public"}, C{"local"} or a
+    network in CIDR notation (C{"10.0.0.0/8"}, C{"fd00::/8"}).
+
+    @return: the CIDR entries as C{ipaddress} networks.
+    @raise ValueError: an entry is none of these.
+    """
+    networks = []
+    for entry in entries:
+        if entry in (PUBLIC, LOCAL):
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not 'public', 'local' or a network like 10.0.0.0/8")
+    return networks
+
+
+def interfaceNetworks(hostAddresses: tuple[str, ...] = ()) -> list:
+    """
+    The networks (address and prefix) of this machine's interfaces that
+    carry C{hostAddresses}, or of every non-loopback interface when there are
+    none (aioice's default).
+    """
+    wanted = {ipaddress.ip_address(a) for a in hostAddresses}
+    networks = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            address = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
+            try:
+                parsed = ipaddress.ip_address(address)
+            except ValueError:
+                continue
+            if wanted and parsed not in wanted:
+                continue
+            if not wanted and (parsed.is_loopback or parsed.is_link_local):
+                continue
+            networks.append(ipaddress.ip_network(f"{address}/{ip.network_prefix}", strict=False))
+    for address in wanted:  # configured, but on no interface (tests, containers): itself
+        if not any(address in n for n in networks):
+            networks.append(ipaddress.ip_network(address))
+    return networks
+
+
+class RemoteNetworks:
+    """
+    Which remote addresses the server may send STUN and media to.
+
+    @param settings: the C{[ice]} settings (C{allowed_remote_networks},
+        C{host_addresses}).
+    @param local: the networks C{"local"} stands for (default: those of our
+        interfaces, L{interfaceNetworks}).
+    """
+
+    def __init__(self, settings: IceSettings, local: list | None = None):
+        entries = tuple(settings.allowed_remote_networks)
+        self._public = PUBLIC in entries
+        self._networks = parseNetworks(entries)
+        if LOCAL in entries:
+            self._networks += (local if local is not None
+                               else interfaceNetworks(tuple(settings.host_addresses)))
+
+    def allowed(self, address: str) -> bool:
+        """May we send to C{address}?  (Names and malformed addresses: no.)"""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if self._public and ip.is_global:
+            return True
+        return any(ip in network for network in self._networks)

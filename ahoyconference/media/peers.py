@@ -23,6 +23,7 @@ from collections.abc import Callable
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
+from pylibsrtp import Error as SrtpError
 from twisted.python.failure import Failure
 
 from ahoyconference.config import IceSettings
@@ -31,6 +32,7 @@ from ahoyconference.logs import logger
 from ahoyconference.media import hooks
 from ahoyconference.media import ice as _ice
 from ahoyconference.media import sdp as _sdp
+from ahoyconference.media.faults import Faults
 
 _log = logger(__name__)
 
@@ -105,7 +107,8 @@ class PublisherConnection(Peer):
 
     role = "publisher"
 
-    def __init__(self, pc, memberID: str, kinds: tuple[str, ...], onDropped: Callable[[], None]):
+    def __init__(self, pc, memberID: str, kinds: tuple[str, ...],
+                 onDropped: Callable[[str], None], faults: Faults):
         super().__init__(pc)
         self.memberID = memberID
         self.kinds = kinds
@@ -116,6 +119,7 @@ class PublisherConnection(Peer):
         self.ssrcs: frozenset[int] = frozenset()
         self.hooked = False
         self._onDropped = onDropped
+        self._faults = faults
         self._release: Callable[[], None] | None = None
 
     def describe(self) -> str:
@@ -126,25 +130,32 @@ class PublisherConnection(Peer):
         """An SRTP packet from the publisher's socket: decrypt it, then L{receiveRtp}."""
         try:
             packet = self.unprotect(data)
-        except Exception:  # pylibsrtp.Error: replay, authentication
-            self._onDropped()
+        except SrtpError:  # replay, authentication
+            self._onDropped("srtp")
+            return
+        except Exception as e:
+            self._onDropped("error")
+            self._faults.error("receive", e)
             return
         self.receiveRtp(packet)
 
     def receiveRtp(self, packet: bytes) -> None:
         """A decrypted RTP packet from the publisher: to its stream, or dropped."""
         if len(packet) < 12:
-            self._onDropped()
+            self._onDropped("short")
             return
         stream = self.byPT.get(packet[1] & 0x7F)
         if stream is None:
-            self._onDropped()
-            if self.ssrcs:
-                ssrc = int.from_bytes(packet[8:12], "big")
-                if ssrc not in self.ssrcs:
-                    self.forget(ssrc)
+            self._onDropped("payload_type")
+            ssrc = int.from_bytes(packet[8:12], "big")
+            if ssrc not in self.ssrcs and not any(ssrc in s.sources for s in self.byPT.values()):
+                self.forget(ssrc)
             return
-        stream.packet(packet)
+        try:
+            stream.packet(packet)
+        except Exception as e:  # a bug: count and log it, never raise into aioice
+            self._onDropped("error")
+            self._faults.error("forward", e)
 
     def forget(self, ssrc: int) -> None:
         """
@@ -154,7 +165,7 @@ class PublisherConnection(Peer):
         if self.removeStream is not None:
             try:
                 self.removeStream(ssrc)
-            except Exception:  # pylibsrtp.Error: not there
+            except SrtpError:  # not there
                 pass
 
     def takeSockets(self) -> None:
@@ -179,6 +190,8 @@ class Subscription(Peer):
 
     @ivar outs: kind → L{OutStream}, once connected.
     @ivar remb: the subscriber's latest REMB in bit/s, and C{rembTime} when.
+    @ivar retransmitBudget: its L{ahoyconference.media.rtcp.RetransmitBudget},
+        made at its first NACK.
     """
 
     role = "subscription"
@@ -191,11 +204,76 @@ class Subscription(Peer):
         self.outs: dict = {}
         self.remb: int | None = None
         self.rembTime = 0.0
+        self.retransmitBudget = None
 
     def describe(self) -> str:
         """For logs."""
         return (f"subscription of {short(self.subscriberID)} "
                 f"to {short(self.publisherID)}")
+
+
+class SubscriptionTable(dict):
+    """
+    C{(subscriberID, publisherID)} → L{Subscription}, indexed both ways, so
+    that what concerns one member costs what that member has, not what the
+    server has: the REMB of a publisher every second (L{of}), a member's
+    departure (L{keysOf}).
+
+    Only C{[key] = sub}, C{del}, C{pop} and C{clear} change it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._byPublisher: dict[str, dict[str, Subscription]] = {}
+        self._bySubscriber: dict[str, set[str]] = {}
+
+    def __setitem__(self, key: tuple[str, str], sub: Subscription) -> None:
+        if key in self:
+            del self[key]
+        super().__setitem__(key, sub)
+        subscriberID, publisherID = key
+        self._byPublisher.setdefault(publisherID, {})[subscriberID] = sub
+        self._bySubscriber.setdefault(subscriberID, set()).add(publisherID)
+
+    def __delitem__(self, key: tuple[str, str]) -> None:
+        super().__delitem__(key)
+        subscriberID, publisherID = key
+        subs = self._byPublisher[publisherID]
+        del subs[subscriberID]
+        if not subs:
+            del self._byPublisher[publisherID]
+        pubs = self._bySubscriber[subscriberID]
+        pubs.discard(publisherID)
+        if not pubs:
+            del self._bySubscriber[subscriberID]
+
+    _missing = object()
+
+    def pop(self, key, default=_missing):
+        """Remove and return the subscription of C{key} (or C{default})."""
+        if key not in self:
+            if default is self._missing:
+                raise KeyError(key)
+            return default
+        sub = self[key]
+        del self[key]
+        return sub
+
+    def clear(self) -> None:
+        """Forget every subscription."""
+        super().clear()
+        self._byPublisher.clear()
+        self._bySubscriber.clear()
+
+    def of(self, publisherID: str) -> list[Subscription]:
+        """The subscriptions to this publisher."""
+        return list(self._byPublisher.get(publisherID, {}).values())
+
+    def keysOf(self, memberID: str) -> list[tuple[str, str]]:
+        """The keys of every subscription this member has or is the publisher of."""
+        keys = [(memberID, publisherID) for publisherID in self._bySubscriber.get(memberID, ())]
+        keys += [(subscriberID, memberID) for subscriberID in self._byPublisher.get(memberID, ())]
+        return keys
 
 
 class Publisher:
@@ -217,16 +295,17 @@ class PeerConnections:
     Makes, watches and closes the engine's peer connections.
 
     Every one uses the same DTLS certificate (as a browser does per origin),
-    answers connectivity checks only from loopback when we gather on
-    loopback only, drops junk datagrams before aiortc sees them, and is
-    closed when ICE does not complete within C{iceTimeout}.
+    answers connectivity checks only from C{[ice] allowed_remote_networks}
+    (only from loopback when we gather on loopback only), drops junk
+    datagrams before aiortc sees them, and is closed when ICE does not
+    complete within C{iceTimeout}.
 
     @ivar live: every peer connection not yet closed down.
     """
 
     def __init__(self, ice: IceSettings, clock, iceTimeout: float,
                  onConnected: Callable[[Peer], None], onEnded: Callable[[Peer], None],
-                 onDropped: Callable[[], None], counters: Counter):
+                 onDropped: Callable[[str], None], counters: Counter):
         self._ice = ice
         self._clock = clock
         self._iceTimeout = iceTimeout
@@ -235,6 +314,8 @@ class PeerConnections:
         self._onDropped = onDropped
         self._counters = counters
         self._loopbackOnly = _ice.onlyLoopback(tuple(ice.host_addresses))
+        self._remote = _ice.RemoteNetworks(ice)
+        self._refusedLogged = False
         self._certificate = None
         self.live: set[Peer] = set()
         self._closing: set[asyncio.Future] = set()
@@ -257,15 +338,24 @@ class PeerConnections:
                 _log.failure("error handling a peer connection state change")
 
         peer.pc.on("connectionstatechange", changed)
-        hooks.guardDatagrams(peer.dtls, self._onDropped)
+        hooks.guardDatagrams(peer.dtls, lambda: self._onDropped("junk_datagram"))
 
     async def makeOffer(self, peer: Peer) -> str:
         """Create and set the local description; guard the ICE agents it made."""
         pc = peer.pc
         await pc.setLocalDescription(await pc.createOffer())
-        if self._loopbackOnly:
-            hooks.guardChecks(pc, _ice.isLoopback, lambda address: None)
+        allowed = _ice.isLoopback if self._loopbackOnly else self._remote.allowed
+        hooks.guardChecks(pc, allowed, self._refusedCheck)
         return pc.localDescription.sdp
+
+    def _refusedCheck(self, address: str) -> None:
+        """A connectivity check came from an address we may not send to: ignored."""
+        self._counters["refused_ice_checks"] += 1
+        if not self._refusedLogged:
+            self._refusedLogged = True
+            _log.info("ignored an ICE connectivity check from {address}: outside [ice] "
+                      "allowed_remote_networks (later ones are only counted: "
+                      "ahoy_refused_ice_checks_total)", address=address)
 
     def stateChanged(self, peer: Peer, state: str) -> None:
         """The peer connection's state is C{state} now."""
@@ -333,10 +423,13 @@ class PeerConnections:
     def _remoteAnswer(self, sdp: str, peer: Peer) -> str:
         """
         The answer as aiortc gets it: without mDNS candidates and without
-        candidates we cannot or must not send to (L{_sdp.usableCandidates}).
+        candidates we cannot or must not send to (L{_sdp.usableCandidates}:
+        unreachable from our host addresses, outside C{[ice]
+        allowed_remote_networks}, over the limit).
         """
         sdp, dropped = _sdp.usableCandidates(_sdp.dropMdnsCandidates(sdp),
-                                             tuple(self._ice.host_addresses))
+                                             tuple(self._ice.host_addresses),
+                                             allowed=self._remote.allowed)
         if dropped:
             self._counters["dropped_candidates"] += dropped
             _log.info("dropped {count} remote candidate(s) of the {what}: unreachable from our "

@@ -6,10 +6,14 @@ RTCP policy of the media engine (docs/architecture.md, "RTCP").
    become one PLI to the publisher, at most one per C{pliInterval}; the
    requests in between are merged into one sent when the interval is over.
  - Bitrate: the publisher gets a REMB of its subscribers' estimates, never
-   above its cap (L{RtcpPolicy.bitrateFor}), with our receiver reports.
+   above its cap, never below L{REMB_FLOOR}, the lowest tenth ignored from
+   five subscribers on (L{RtcpPolicy.bitrateFor}), with our receiver reports.
  - Sender reports to subscribers carry the publisher's clock mapped into
    each subscriber's timestamps (L{RtcpPolicy.fillSenderReports}).
- - NACKs from subscribers are answered from the stream's ring.
+ - NACKs from subscribers are answered from the stream's ring, within a
+   budget per subscriber (L{RetransmitBudget}): a share of what it receives
+   plus a floor, and never the same packet twice within
+   L{NACK_REPEAT_WINDOW}.
 """
 
 from __future__ import annotations
@@ -37,8 +41,63 @@ from ahoyconference.media.peers import Publisher, PublisherConnection, Subscript
 
 REMB_FRESH = 5.0
 """Seconds a subscriber's REMB counts for the publisher's bitrate."""
+REMB_FLOOR = 150_000
+"""bit/s: a subscriber's estimate below this does not lower the publisher's REMB."""
+REMB_OUTLIER_SUBSCRIBERS = 5
+"""From this many fresh estimates on, the lowest tenth (at least one) is ignored."""
 MAX_NACKED = 64
 """Sequence numbers answered per NACK packet (browsers NACK a handful)."""
+NACK_SHARE = 0.25
+"""Retransmitted bytes per subscriber: at most this share of what it receives…"""
+NACK_FLOOR = 16_000
+"""… plus this many bytes per second (about 13 packets of 1,200 bytes)…"""
+NACK_BURST = 64 * 1024
+"""… of which at most this many bytes may be saved up while nothing is lost."""
+NACK_REPEAT_WINDOW = 0.1
+"""Seconds within which a repeated NACK of the same packet is ignored (about an RTT)."""
+
+
+class RetransmitBudget:
+    """
+    What one subscriber may have retransmitted: a token bucket filled with
+    L{NACK_FLOOR} bytes per second plus L{NACK_SHARE} of the payload bytes
+    forwarded to it, holding at most L{NACK_BURST}; and the time each
+    sequence number was last resent, so that a repeat within
+    L{NACK_REPEAT_WINDOW} is ignored.
+
+    Over any T seconds a subscriber so gets at most
+    C{NACK_BURST + NACK_FLOOR * T + NACK_SHARE * received} bytes resent,
+    however many NACKs it sends.
+    """
+
+    def __init__(self, now: float, received: int):
+        self.tokens = float(NACK_BURST)
+        self.time = now
+        self.received = received
+        self.refused: Counter = Counter()
+        self._resent = [-1.0] * 1024
+        self._resentSeq = [-1] * 1024
+
+    def refill(self, now: float, received: int) -> None:
+        """Add what C{now} and the bytes C{received} so far earn."""
+        gained = NACK_FLOOR * max(0.0, now - self.time) + NACK_SHARE * max(0, received - self.received)
+        self.tokens = min(float(NACK_BURST), self.tokens + gained)
+        self.time = now
+        self.received = max(self.received, received)
+
+    def mayResend(self, now: float, seq: int, size: int) -> bool:
+        """Take C{size} bytes for C{seq}, unless it was resent just now or the budget is spent."""
+        slot = seq & 1023
+        if self._resentSeq[slot] == seq and now - self._resent[slot] < NACK_REPEAT_WINDOW:
+            self.refused["repeat"] += 1
+            return False
+        if self.tokens < size:
+            self.refused["budget"] += 1
+            return False
+        self.tokens -= size
+        self._resent[slot] = now
+        self._resentSeq[slot] = seq
+        return True
 
 
 class RtcpPolicy:
@@ -52,7 +111,7 @@ class RtcpPolicy:
 
     def __init__(self, clock, publishers: dict, streams: dict,
                  subscriptionsOf: Callable[[str], list], counters: Counter,
-                 onDropped: Callable[[], None], pliInterval: float = 0.3):
+                 onDropped: Callable[[str], None], pliInterval: float = 0.3):
         self._clock = clock
         self._now = clock.seconds
         self._publishers = publishers
@@ -95,17 +154,24 @@ class RtcpPolicy:
 
     def bitrateFor(self, publisherID: str) -> int:
         """
-        The REMB for a publisher in bit/s: the smallest fresh REMB of its
-        subscribers, never above its cap.
+        The REMB for a publisher in bit/s (docs/architecture.md, "RTCP"):
+        the smallest fresh estimate of its video subscribers, ignoring the
+        lowest tenth (at least one) once there are L{REMB_OUTLIER_SUBSCRIBERS},
+        never below L{REMB_FLOOR} and never above the publisher's cap.  One
+        subscriber on a bad link (or lying) cannot throttle a room; below the
+        floor it sees loss instead.
         """
         pub = self._publishers.get(publisherID)
         cap = (pub.cap if pub is not None else 500) * 1000
         now = self._now()
-        for sub in self._subscriptionsOf(publisherID):
-            if (sub.remb is not None and "video" in sub.outs
-                    and now - sub.rembTime <= REMB_FRESH):
-                cap = min(cap, sub.remb)
-        return cap
+        estimates = sorted(sub.remb for sub in self._subscriptionsOf(publisherID)
+                           if sub.remb is not None and "video" in sub.outs
+                           and now - sub.rembTime <= REMB_FRESH)
+        if len(estimates) >= REMB_OUTLIER_SUBSCRIBERS:
+            estimates = estimates[max(1, len(estimates) // 10):]
+        if not estimates:
+            return cap
+        return min(cap, max(REMB_FLOOR, estimates[0]))
 
     def sendReports(self, pub: Publisher) -> None:
         """Our receiver reports, and the REMB, to a publisher."""
@@ -150,7 +216,7 @@ class RtcpPolicy:
         try:
             packets = RtcpPacket.parse(data)
         except ValueError:
-            self._onDropped()
+            self._onDropped("rtcp")
             return
         for packet in packets:
             if isinstance(packet, RtcpSrPacket):
@@ -188,7 +254,7 @@ class RtcpPolicy:
         try:
             packets = RtcpPacket.parse(data)
         except ValueError:
-            self._onDropped()
+            self._onDropped("rtcp")
             return
         for packet in packets:
             if isinstance(packet, RtcpPsfbPacket):
@@ -209,8 +275,19 @@ class RtcpPolicy:
     def _nack(self, sub: Subscription, packet: RtcpRtpfbPacket) -> None:
         out = sub.outs.get("video")
         stream = self._streams.get((sub.publisherID, "video"))
-        if out is not None and stream is not None and packet.media_ssrc == out.ssrc:
-            self._counters["nacks_received"] += 1
-            lost = packet.lost[-MAX_NACKED:]  # one NACK must not cost a ring's worth
-            sent = stream.retransmit(out, [s & 0xFFFF for s in lost])
-            self._counters["retransmitted_packets"] += sent
+        if out is None or stream is None or packet.media_ssrc != out.ssrc:
+            return
+        self._counters["nacks_received"] += 1
+        now = self._now()
+        received = stream.acceptedOctets - out.baseOctets
+        budget = sub.retransmitBudget
+        if budget is None:
+            budget = sub.retransmitBudget = RetransmitBudget(now, received)
+        budget.refill(now, received)
+        before = Counter(budget.refused)
+        lost = packet.lost[-MAX_NACKED:]  # one NACK must not cost a ring's worth
+        sent = stream.retransmit(out, [s & 0xFFFF for s in lost],
+                                 lambda seq, size: budget.mayResend(now, seq, size))
+        self._counters["retransmitted_packets"] += sent
+        for reason, count in (budget.refused - before).items():
+            self._counters[f"retransmissions_refused_{reason}"] += count

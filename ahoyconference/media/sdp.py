@@ -223,17 +223,26 @@ def _reachable(hostAddresses: tuple[str, ...]):
 
 
 def usableCandidates(sdp: str, hostAddresses: tuple[str, ...],
-                     limit: int = MAX_REMOTE_CANDIDATES) -> tuple[str, int]:
+                     limit: int = MAX_REMOTE_CANDIDATES, allowed=None) -> tuple[str, int]:
     """
     Drop the remote candidates of an answer that the server must not use:
     those our host addresses cannot reach or must not send to (see
-    L{_reachable}), those with a bad port, and every one past C{limit} in an
-    m-section.  Connectivity checks from the client still reveal its real
-    address (peer-reflexive), as with browsers' mDNS candidates.
+    L{_reachable}), those outside the allowed remote networks (C{allowed},
+    a test of an address, L{ahoyconference.media.ice.RemoteNetworks}), those
+    with a bad port, and every one past C{limit} in an m-section.
+    Connectivity checks from the client still reveal its real address
+    (peer-reflexive), as with browsers' mDNS candidates; they are subject
+    to the same networks (L{ahoyconference.media.hooks.guardChecks}).
 
     @return: the SDP and how many candidates were dropped.
     """
-    reachable = _reachable(tuple(hostAddresses))
+    reachableAddress = _reachable(tuple(hostAddresses))
+    if allowed is None:
+        reachable = reachableAddress
+    else:
+        def reachable(address: str) -> bool:
+            return reachableAddress(address) and allowed(address)
+
     out = []
     kept = dropped = 0
     for line in sdp.splitlines():  # as aiortc's parser splits, so nothing slips through

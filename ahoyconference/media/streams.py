@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from ahoyconference.interfaces import IMediaListener
 from ahoyconference.logs import logger
+from ahoyconference.media.faults import Faults
 from ahoyconference.media.forward import InStream
 from ahoyconference.media.peers import KINDS, short
 from ahoyconference.media.speaking import SpeakingDetector
@@ -33,16 +34,18 @@ class MediaStreams:
     def __init__(self, listener: IMediaListener, now: Callable[[], float],
                  onKeyframeNeeded: Callable[[InStream], None],
                  onSource: Callable[[InStream], None],
-                 onForeign: Callable[[InStream, int], None]):
+                 onStale: Callable[[InStream, int], None], faults: Faults):
         self._listener = listener
         self._now = now
         self._onKeyframeNeeded = onKeyframeNeeded
         self._onSource = onSource
-        self._onForeign = onForeign
+        self._onStale = onStale
+        self._faults = faults
         self.streams: dict[tuple[str, str], InStream] = {}
         self._detectors: dict[str, SpeakingDetector] = {}
         self._leaving: set[str] = set()
         self._retired = Counter()
+        self._retiredDrops = Counter()
 
     def get(self, memberID: str, kind: str) -> InStream | None:
         """The member's stream of C{kind}, if it has one."""
@@ -55,7 +58,8 @@ class MediaStreams:
             onLevel = self._detectorFor(memberID).level if kind == "audio" else None
             stream = InStream(memberID, kind, self._now, onAvailable=self._available,
                               onKeyframeNeeded=self._onKeyframeNeeded, onLevel=onLevel,
-                              onSource=self._onSource, onForeign=self._onForeign)
+                              onSource=self._onSource, onStale=self._onStale,
+                              faults=self._faults)
             self.streams[(memberID, kind)] = stream
         return stream
 
@@ -120,7 +124,8 @@ class MediaStreams:
         self._retired["forwarded_packets"] += stream.sentPackets
         self._retired["forwarded_bytes"] += stream.sentOctets
         self._retired["dropped_packets"] += stream.dropped
-        self._retired["send_errors"] += sum(o.errors for o in stream.outputs)
+        self._retiredDrops.update(stream.drops)
+        self._retired["send_errors"] += stream.sendErrors
 
     def idle(self, now: float) -> None:
         """Speaking timeouts: publishers whose audio stopped stop speaking."""
@@ -128,13 +133,19 @@ class MediaStreams:
             detector.idle(now)
 
     def totals(self) -> Counter:
-        """C{forwarded_packets}, C{forwarded_bytes}, C{dropped_packets}, C{send_errors}."""
+        """
+        C{forwarded_packets}, C{forwarded_bytes}, C{dropped_packets},
+        C{send_errors}, and C{drops} (a L{Counter} by reason).
+        """
         totals = Counter(self._retired)
+        drops = Counter(self._retiredDrops)
         for stream in self.streams.values():
+            drops.update(stream.drops)
             totals["forwarded_packets"] += stream.sentPackets
             totals["forwarded_bytes"] += stream.sentOctets
             totals["dropped_packets"] += stream.dropped
-            totals["send_errors"] += sum(o.errors for o in stream.outputs)
+            totals["send_errors"] += stream.sendErrors
+        totals["drops"] = drops
         return totals
 
     def clear(self) -> None:
