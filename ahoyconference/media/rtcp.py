@@ -74,6 +74,7 @@ class RetransmitBudget:
         self.tokens = float(NACK_BURST)
         self.time = now
         self.received = received
+        self.spent = 0
         self.refused: Counter = Counter()
         self._resent = [-1.0] * 1024
         self._resentSeq = [-1] * 1024
@@ -95,6 +96,7 @@ class RetransmitBudget:
             self.refused["budget"] += 1
             return False
         self.tokens -= size
+        self.spent += size
         self._resent[slot] = now
         self._resentSeq[slot] = seq
         return True
