@@ -483,6 +483,11 @@ class AiortcMediaEngine:
             self._rtcp.sendReports(pub)
         self._media.idle(now)
 
+    def peerConnections(self, memberID=None):
+        """Open peer connections, of the server or of one member (publishing and subscribing)."""
+        return sum(1 for p in self._peers if memberID in (
+            None, getattr(p, "memberID", None), getattr(p, "subscriberID", None)))
+
     def stats(self):
         """Counters for /metrics (see L{IMediaEngine.stats}), plus a few more."""
         totals = self._media.totals()
