@@ -324,8 +324,12 @@ class IMediaEngine(Interface):
     def stats() -> dict:
         """
         Counters for /metrics: C{publishers}, C{subscriptions},
-        C{forwarded_packets}, C{forwarded_bytes}, C{dropped_packets},
-        and C{peer_connections} (a dict of state name to count).
+        C{forwarded_packets} (copies actually sent), C{forwarded_bytes},
+        C{dropped_packets}, and C{peer_connections} (a dict of state name to
+        count); optionally C{drops} (reason → count), C{send_errors},
+        C{media_errors} (where → count) and the packet path's counters that
+        L{ahoyconference.metrics} exports (NACKs, retransmissions, PLIs,
+        REMBs, candidates and checks refused).
         """
 
     def close():

@@ -7,7 +7,8 @@ One C{RTCPeerConnection} per publisher (the server receives, and offers) and
 one per subscription (the server sends, and offers); aiortc does ICE, DTLS,
 SRTP keys, SDP and the RTCP timers.  The rest is split by job:
 
- - L{ahoyconference.media.peers}: the peer connections and their states;
+ - L{ahoyconference.media.peers}: the peer connections and the subscription table;
+ - L{ahoyconference.media.connections}: making, watching and closing them;
  - L{ahoyconference.media.forward}: the per-packet path, publisher in,
    every subscriber out (L{ahoyconference.media.outstream});
  - L{ahoyconference.media.rtcp}: PLI, REMB, receiver and sender reports, NACK;
@@ -37,6 +38,7 @@ from ahoyconference.interfaces import IMediaEngine, IMediaListener, ProtocolErro
 from ahoyconference.logs import logger
 from ahoyconference.media import hooks
 from ahoyconference.media import sdp as _sdp
+from ahoyconference.media.connections import PeerConnections
 from ahoyconference.media.faults import Faults
 from ahoyconference.media.forward import InStream
 from ahoyconference.media.outstream import OutStream
@@ -44,7 +46,6 @@ from ahoyconference.media.peers import (
     KINDS,
     NeverTrack,
     Peer,
-    PeerConnections,
     Publisher,
     PublisherConnection,
     Subscription,
