@@ -95,7 +95,10 @@ class AiortcMediaEngine:
     The default L{IMediaEngine}: aiortc for ICE/DTLS/SRTP/SDP, our own
     forwarding path for the packets.
 
-    @ivar counters: extra counters (keyframe requests sent, NACKs answered).
+    @ivar counters: the packet path's counters (keyframe requests, REMBs,
+        NACKs, retransmissions and refusals, candidates and checks refused).
+    @ivar drops: dropped packets and datagrams by reason (outside the streams).
+    @ivar faults: unexpected failures on the packet path (L{Faults}).
     """
 
     def __init__(self, listener: IMediaListener, ice: IceSettings, clock, iceTimeout: float = 30.0,
@@ -113,9 +116,7 @@ class AiortcMediaEngine:
             no longer fit the private hooks.
         """
         hooks.checkHooks()
-        self._listener = listener
         self._iceSettings = ice
-        self._clock = clock
         self._now = clock.seconds
         self._publishers: dict[str, Publisher] = {}
         self.faults = Faults()

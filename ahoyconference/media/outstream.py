@@ -63,6 +63,10 @@ class OutStream:
         self.errors = 0
         self.zeroCopy = zeroCopySender(protect, sendto)
 
+    def __repr__(self) -> str:
+        return (f"<OutStream {self.kind} ssrc={self.ssrc} pt={self.pt} to {self.addr} "
+                f"errors={self.errors}>")
+
     # Replacing protect or sendto (tests drop packets that way) turns the
     # zero-copy path off unless the new pair qualifies again.
 
