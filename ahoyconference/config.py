@@ -10,6 +10,7 @@ key and the file (L{ConfigError}).
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,7 +26,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class IceSettings:
     """
-    The C{[ice]} table (design.md 6).
+    The C{[ice]} table (docs/architecture.md; conf/ahoyconference.toml documents each key).
 
     @ivar host_addresses: addresses to gather host candidates on; empty means
         aioice's default (every non-loopback interface).
@@ -34,12 +35,16 @@ class IceSettings:
     @ivar public_address: advertised instead of a private host address (1:1 NAT).
     @ivar turn: the TURN server handed to clients with short-lived
         credentials (C{[ice.turn]}, L{ahoyconference.turn}), or C{None}.
+    @ivar allowed_remote_networks: remote addresses we may send STUN and
+        media to: C{"public"} (globally routed), C{"local"} (the subnets of
+        the addresses we gather on) and networks in CIDR notation.
     """
 
     host_addresses: tuple[str, ...] = ()
     servers: tuple[dict, ...] = ()
     public_address: str | None = None
     turn: TurnSettings | None = None
+    allowed_remote_networks: tuple[str, ...] = ("public", "local")
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "servers": ((list,), None),
         "public_address": ((str,), None),
         "turn": ((dict,), None),
+        "allowed_remote_networks": ((list,), None),
     },
     "metrics": {
         "enabled": ((bool,), None),
@@ -293,6 +299,16 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
             _fail(path, "[ice] servers", f"unknown key {sorted(unknown)[0]!r}")
 
 
+    allowedNetworks = _strings(path, "[ice] allowed_remote_networks",
+                               iceTable.get("allowed_remote_networks", ["public", "local"]))
+    for entry in allowedNetworks:
+        try:
+            if entry not in ("public", "local"):
+                ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            _fail(path, "[ice] allowed_remote_networks",
+                  f"{entry!r} is not 'public', 'local' or a network like 10.0.0.0/8")
+
     logLevel = server.get("log_level", "info")
     if logLevel not in ("debug", "info", "warn", "error", "critical"):
         _fail(path, "[server] log_level",
@@ -325,6 +341,7 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
             servers=tuple(dict(s) for s in servers),
             public_address=iceTable.get("public_address"),
             turn=_turn(path, iceTable["turn"]) if "turn" in iceTable else None,
+            allowed_remote_networks=allowedNetworks,
         ),
         policy_name=policyName,
         policy_options=policy,

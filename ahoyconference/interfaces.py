@@ -12,7 +12,10 @@ Two extension points:
    is L{ahoyconference.media.engine.AiortcMediaEngine}.
 
 The media engine reports back through L{IMediaListener}, which the service
-implements.
+implements.  The service makes its engine from a factory it is given
+(C{makeEngine(listener) -> IMediaEngine}), passing itself as the listener,
+so the engine has what it calls from its construction on and neither needs
+to be set on the other afterwards (docs/architecture.md, "Layers").
 """
 
 from __future__ import annotations
@@ -313,14 +316,20 @@ class IMediaEngine(Interface):
     def removeMember(memberID: str):
         """
         The member left: close its publishing peer connection, every
-        subscription it has and every subscription to it.
+        subscription it has and every subscription to it.  The listener is
+        told nothing of this member from here on, not even that its media
+        stopped: the caller announces that itself.
         """
 
     def stats() -> dict:
         """
         Counters for /metrics: C{publishers}, C{subscriptions},
-        C{forwarded_packets}, C{forwarded_bytes}, C{dropped_packets},
-        and C{peer_connections} (a dict of state name to count).
+        C{forwarded_packets} (copies actually sent), C{forwarded_bytes},
+        C{dropped_packets}, and C{peer_connections} (a dict of state name to
+        count); optionally C{drops} (reason → count), C{send_errors},
+        C{media_errors} (where → count) and the packet path's counters that
+        L{ahoyconference.metrics} exports (NACKs, retransmissions, PLIs,
+        REMBs, candidates and checks refused).
         """
 
     def close():

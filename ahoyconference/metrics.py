@@ -54,6 +54,7 @@ class ServiceCollector:
                                   value=stats["forwarded_bytes"])
         yield CounterMetricFamily("ahoy_dropped_packets", "Incoming RTP/RTCP packets dropped.",
                                   value=stats.get("dropped_packets", 0))
+        yield from _mediaCounters(stats)
         joins = CounterMetricFamily("ahoy_joins", "Successful joins, by role.", labels=["role"])
         for role in Role:
             joins.add_metric([role.label], service.counters["joins"][role.label])
@@ -91,6 +92,47 @@ def _clusterMetrics(directory):
                        ("directory_errors", "Failed calls to the cluster directory.")):
         yield CounterMetricFamily(f"ahoy_cluster_{name}", text,
                                   value=directory.counters[name])
+
+
+_MEDIA_COUNTERS = (
+    ("send_errors", "ahoy_send_errors", "RTP packets we could not protect or send."),
+    ("nacks_received", "ahoy_nacks_received", "NACK packets received from subscribers."),
+    ("retransmitted_packets", "ahoy_retransmitted_packets",
+     "Packets resent to subscribers on NACK (RTX or as they were)."),
+    ("keyframe_requests", "ahoy_keyframe_requests_sent", "PLIs sent to publishers."),
+    ("keyframe_requests_received", "ahoy_keyframe_requests_received",
+     "PLI/FIR received from subscribers."),
+    ("remb_sent", "ahoy_remb_sent", "REMB packets sent to publishers."),
+    ("dropped_candidates", "ahoy_dropped_candidates",
+     "Remote ICE candidates dropped from answers (unreachable, outside "
+     "[ice] allowed_remote_networks, over the limit)."),
+    ("refused_ice_checks", "ahoy_refused_ice_checks",
+     "ICE connectivity checks ignored: from outside [ice] allowed_remote_networks."),
+)
+
+
+def _mediaCounters(stats: dict):
+    """The media engine's counters of the packet path (docs/architecture.md)."""
+    for key, name, documentation in _MEDIA_COUNTERS:
+        yield CounterMetricFamily(name, documentation, value=stats.get(key, 0))
+    refused = CounterMetricFamily("ahoy_retransmissions_refused",
+                                  "NACKed packets not resent, by reason (budget, repeat).",
+                                  labels=["reason"])
+    for reason in ("budget", "repeat"):
+        refused.add_metric([reason], stats.get(f"retransmissions_refused_{reason}", 0))
+    yield refused
+    drops = CounterMetricFamily("ahoy_dropped_packets_by_reason",
+                                "Incoming RTP/RTCP packets and datagrams dropped, by reason.",
+                                labels=["reason"])
+    for reason, count in sorted(stats.get("drops", {}).items()):
+        drops.add_metric([reason], count)
+    yield drops
+    errors = CounterMetricFamily("ahoy_media_errors",
+                                 "Unexpected failures on the media path, by where; the first "
+                                 "of each kind is logged with its traceback.", labels=["where"])
+    for where, count in sorted(stats.get("media_errors", {}).items()):
+        errors.add_metric([where], count)
+    yield errors
 
 
 class MetricsResource(Resource):

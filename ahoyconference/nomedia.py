@@ -14,7 +14,15 @@ from ahoyconference.interfaces import IMediaEngine, ProtocolError
 
 @implementer(IMediaEngine)
 class NoMediaEngine:
-    """Refuses every media request with 501 (not implemented)."""
+    """
+    Refuses every media request with 501 (not implemented).
+
+    @param listener: unused (it has nothing to tell); accepted so that the
+        class itself is an engine factory for L{ConferenceService}.
+    """
+
+    def __init__(self, listener=None):
+        pass
 
     def publish(self, memberID, audio, video, maxVideoBitrate):
         """@return: a Deferred failing with 501."""

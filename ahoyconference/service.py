@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
+from collections.abc import Callable
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -45,14 +46,21 @@ class ConferenceService(MultiService):
         C{errors} by status, C{joins}, C{created}).
     """
 
-    def __init__(self, config: Config, clock, policy: IConferencePolicy, engine: IMediaEngine,
+    def __init__(self, config: Config, clock, policy: IConferencePolicy,
+                 makeEngine: Callable[[IMediaListener], IMediaEngine],
                  directory: IConferenceDirectory | None = None):
+        """
+        @param makeEngine: makes the media engine, given what it reports to
+            (this service); e.g. C{NoMediaEngine}, or a function making an
+            C{AiortcMediaEngine}.  The engine is made last, so it never sees
+            a half-made service.
+        @param directory: the cluster's directory, or C{None} alone.
+        """
         super().__init__()
         self.config = config
         self.directory = directory
         self.clock = clock
         self.policy = policy
-        self.engine = engine
         self.conferences: dict[str, Conference] = {}
         self.members: dict[str, Member] = {}
         self.sessions: set = set()
@@ -69,6 +77,7 @@ class ConferenceService(MultiService):
             # In a cluster, permanent rooms are placed by the directory (docs/cluster.md).
             for settings in config.rooms:
                 self._addConference(settings)
+        self.engine: IMediaEngine = makeEngine(self)
 
     # -- lifecycle -----------------------------------------------------
 
@@ -418,9 +427,9 @@ class ConferenceService(MultiService):
         if conf is None:
             return
         if any(member.available.values()):
-            # protocol.md 4.5: the others learn that its media is gone.  (The
-            # engine's own mediaAvailable(False) came after the member was
-            # unregistered above, and was ignored.)
+            # protocol.md 4.5: the others learn that its media is gone, from
+            # here: the engine tells nothing of a member it removes
+            # (IMediaEngine.removeMember).
             for kind in member.available:
                 member.available[kind] = False
             member.speaking = False

@@ -184,6 +184,7 @@ def buildService(config: Config, reactor) -> MultiService:
     @raise SystemExit: the policy cannot be loaded.
     """
     from ahoyconference.media.engine import AiortcMediaEngine, installAsyncioExceptionHandler
+    from ahoyconference.media.hooks import HookMismatch
     from ahoyconference.policy import UnknownPolicy, loadPolicy
     from ahoyconference.service import ConferenceService
     from ahoyconference.web import makeSite
@@ -201,9 +202,16 @@ def buildService(config: Config, reactor) -> MultiService:
         # The heartbeat reads the service's load, which exists only below.
         directory = RedisDirectory(clusterFromConfig(config.cluster), reactor,
                                    load=lambda: service.loadReport(), rooms=config.rooms)
-    service = ConferenceService(config, reactor, policy, None, directory)
-    service.engine = AiortcMediaEngine(service, config.ice, reactor,
-                                       iceTimeout=config.limits.ice_timeout)
+
+    def makeEngine(listener):
+        return AiortcMediaEngine(listener, config.ice, reactor,
+                                 iceTimeout=config.limits.ice_timeout)
+
+    try:
+        service = ConferenceService(config, reactor, policy, makeEngine, directory)
+    except HookMismatch as e:
+        raise SystemExit(f"ahoyconference: the installed aiortc/aioice/pylibsrtp do not fit "
+                         f"the media engine: {e}")
     top = _ReloadOnHangup(service, config.path, reactor)
     if directory is not None:
         directory.setServiceParent(top)

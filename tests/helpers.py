@@ -84,17 +84,21 @@ class Server:
         self.reactor = reactor
         self.config = config or testConfig()
         self.clock = clock or reactor
-        self.service = ConferenceService(self.config, self.clock, policy or PasswordPolicy(), None)
         if engine is None:
             from ahoyconference.nomedia import NoMediaEngine
 
-            engine = NoMediaEngine()
+            makeEngine = NoMediaEngine
         elif engine == "aiortc":
             from ahoyconference.media.engine import AiortcMediaEngine
 
-            engine = AiortcMediaEngine(self.service, self.config.ice, reactor,
-                                       iceTimeout=self.config.limits.ice_timeout)
-        self.service.engine = engine
+            def makeEngine(listener):
+                return AiortcMediaEngine(listener, self.config.ice, reactor,
+                                         iceTimeout=self.config.limits.ice_timeout)
+        else:
+            def makeEngine(listener):
+                return engine
+        self.service = ConferenceService(self.config, self.clock, policy or PasswordPolicy(),
+                                         makeEngine)
         self.site = makeSite(self.service)
         self.port = None
 

@@ -29,7 +29,7 @@ class RecordingProtocol:
 
 
 class LoopbackGuardTests(TestCase):
-    """L{ice.ignoreNonLoopbackPeers} through the engine."""
+    """L{hooks.guardChecks} with L{ice.isLoopback}, through the engine."""
 
     def test_onlyLoopback(self):
         self.assertTrue(ice.onlyLoopback(("127.0.0.1", "::1")))
@@ -60,8 +60,12 @@ class LoopbackGuardTests(TestCase):
             await engine.close().asFuture(asyncio.get_event_loop())
 
     @asyncTest
-    async def test_notGuardedWithoutLoopbackConfig(self):
-        """Production (gathering on real interfaces) accepts checks from anywhere."""
+    async def test_productionGuardedByNetworks(self):
+        """
+        Production (gathering on real interfaces) answers checks from the
+        allowed remote networks only ([ice] allowed_remote_networks): not
+        from a private network the server is not on.
+        """
         from twisted.internet import reactor
 
         loopbackOnly(self)
@@ -70,6 +74,12 @@ class LoopbackGuardTests(TestCase):
             await engine.publish("m1", True, False, 500).asFuture(asyncio.get_event_loop())
             conn = engine._publishers["m1"].pending
             connection = conn.pc.getTransceivers()[0].receiver.transport.transport._connection
-            self.assertFalse(getattr(connection, "_ahoyGuarded", False))
+            self.assertTrue(connection._ahoyGuarded)
+            protocol = RecordingProtocol()
+            request = stun.Message(message_method=stun.Method.ALLOCATE,
+                                   message_class=stun.Class.REQUEST)
+            connection.request_received(request, ("10.250.0.9", 40000), protocol)
+            self.assertEqual(protocol.sent, [])
+            self.assertEqual(engine.stats()["refused_ice_checks"], 1)
         finally:
             await engine.close().asFuture(asyncio.get_event_loop())

@@ -31,7 +31,7 @@ class InterfaceTests(unittest.TestCase):
     def test_serviceIsMediaListener(self):
         from twisted.internet.task import Clock
 
-        service = ConferenceService(Config(), Clock(), PasswordPolicy(), NoMediaEngine())
+        service = ConferenceService(Config(), Clock(), PasswordPolicy(), NoMediaEngine)
         self.assertTrue(verifyObject(IMediaListener, service))
 
     def test_noMediaEngineRefuses501(self):

@@ -313,15 +313,20 @@ class LifecycleTests(EngineTestMixin, TestCase):
 
     @asyncioTest
     async def test_removeMember(self):
-        """removeMember closes the member's publishing and every subscription to it."""
+        """
+        removeMember closes the member's publishing and every subscription to
+        it, and tells the listener nothing more of that member (the service
+        announces the departure itself).
+        """
         await self.publish("pub")
         await self.subscribe("sub", "pub")
         await self.subscribe("other", "pub", audio=False)
         await waitFor(lambda: self.engine.stats()["peer_connections"] == {"connected": 3},
                       what="connected")
         await waitFor(lambda: self.available("pub", "video", True), what="video arriving")
+        before = list(self.listener.events)
         self.engine.removeMember("pub")
-        self.assertTrue(self.available("pub", "video", False))
+        self.assertEqual(self.listener.events, before)
         stats = self.engine.stats()
         self.assertEqual((stats["publishers"], stats["subscriptions"]), (0, 0))
         await waitFor(lambda: not self.engine.stats()["peer_connections"], what="all freed")
@@ -515,7 +520,7 @@ class ForwardPathTests(TestCase):
         self.assertIn(b"\x100", first)  # mid element (id 1, one byte) now "0"
         self.assertEqual(first[-20:], b"\xAA" * 20)
         self.assertEqual(self.events, ["pli", "pli", ("available", True)])
-        self.assertEqual(self.stream.fwdPackets, 2)
+        self.assertEqual(self.stream.sentPackets, 2)
 
     def test_newSourceContinues(self):
         """A new SSRC (the publisher renegotiated) continues every output's numbering."""
@@ -580,8 +585,70 @@ class ForwardPathTests(TestCase):
         plainLost = fields(plainOut.sent[5])[2]
         self.assertEqual(self.stream.retransmit(plainOut, [plainLost]), 1)
         self.assertEqual(plainOut.sent[-1], plainOut.sent[5])
+        self.time += 1.0
         self.stream.packet(rtp(1, 0, ssrc=0x7777))  # a new source: the old ring is gone
         self.assertEqual(self.stream.retransmit(plainOut, [plainLost]), 0)
+
+    def test_sourceChurnBounded(self):
+        """
+        A stream changes its source at most once per SOURCE_SWITCH_INTERVAL
+        (each change rebases every output); it remembers MAX_SOURCES SSRCs
+        and frees the libsrtp state of the others (onStale).
+        """
+        from ahoyconference.media.forward import MAX_SOURCES, SOURCE_SWITCH_INTERVAL, InStream
+
+        stale = []
+        stream = InStream("pub", "video", lambda: self.time,
+                          onStale=lambda s, ssrc: stale.append(ssrc))
+        stream.configure({97: self.VP8}, {97: 90000}, midId=1, levelId=0)
+        out = self.output()
+        stream.attach(out)
+        stream.packet(rtp(1, 0, ssrc=1))
+        for ssrc in range(2, 102):  # a hundred new SSRCs in no time: all dropped and freed
+            stream.packet(rtp(ssrc, 0, ssrc=ssrc))
+        self.assertEqual((stream.ssrc, stream.sourceChanges), (1, 1))
+        self.assertEqual(stream.drops["source_churn"], 100)
+        self.assertEqual(stale, list(range(2, 102)))
+        del stale[:]
+        for ssrc in range(200, 210):  # one per interval: taken, the oldest forgotten
+            self.time += SOURCE_SWITCH_INTERVAL
+            stream.packet(rtp(ssrc, 0, ssrc=ssrc))
+        self.assertEqual(stream.ssrc, 209)
+        self.assertEqual(stream.sources, list(range(206, 210)))
+        self.assertEqual(len(stream.sources), MAX_SOURCES)
+        self.assertEqual(stale, [1] + list(range(200, 206)))
+        self.assertEqual(stream.sourceChanges, 11)
+        seqs = [fields(p)[2] for p in out.sent]
+        self.assertEqual([(b - a) & 0xFFFF for a, b in zip(seqs[:-1], seqs[1:], strict=True)],
+                         [1] * 10)
+
+    def test_sendErrorsCounted(self):
+        """
+        A send that fails is counted as an error, not as forwarded; the first
+        failure of its kind is logged with its traceback, the others only counted.
+        """
+        from ahoyconference.media.faults import Faults
+        from ahoyconference.media.forward import InStream
+
+        faults = Faults()
+        stream = InStream("pub", "video", lambda: self.time, faults=faults)
+        stream.configure({97: self.VP8}, {97: 90000}, midId=1, levelId=0)
+        good, bad = self.output(), self.output(ssrc=0x4444)
+
+        def broken(data, addr):
+            raise OSError("no buffer space")
+
+        bad.sendto = broken
+        stream.attach(good)
+        stream.attach(bad)
+        for seq in range(10):
+            stream.packet(rtp(seq, seq * 3000))
+        self.assertEqual((stream.sentPackets, len(good.sent), bad.errors), (10, 10, 10))
+        self.assertEqual(stream.sendErrors, 10)
+        self.assertEqual(faults.counts["send"], 10)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        stream.detach(bad)
+        self.assertEqual(stream.sendErrors, 10)
 
     def test_receiverReport(self):
         """Losses, highest sequence number (with wrap) and LSR/DLSR of the report block."""
@@ -621,3 +688,45 @@ class ForwardPathTests(TestCase):
         audio.configure({96: ("audio/opus", 48000, "", "")}, {96: 48000}, midId=1, levelId=2)
         audio.packet(rtp(1, 0, pt=96, level=0x80 | 33))
         self.assertEqual(levels, [(1000.0, 33)])
+
+
+class ExceptionHandlerTests(TestCase):
+    """L{installAsyncioExceptionHandler} logs asyncio errors through twisted.logger."""
+
+    def test_logged(self):
+        """An exception in a context is logged with its traceback; a message alone too."""
+        from ahoyconference.media.engine import installAsyncioExceptionHandler
+
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        installAsyncioExceptionHandler(loop)
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError as e:
+            error = e
+        loop.call_exception_handler({"message": "Task exception", "exception": error})
+        loop.call_exception_handler({"message": "just a message"})
+        failures = [e for e in events if "log_failure" in e]
+        self.assertEqual(len(failures), 1)
+        self.assertIs(failures[0]["log_failure"].value, error)
+        self.assertTrue(any(e.get("asyncio_message") == "just a message" for e in events), events)
+        self.flushLoggedErrors(RuntimeError)
+
+
+class TestPeerHookTests(TestCase):
+    """
+    The private aiortc attributes the test peers (L{tests.mediaclients}) and
+    the benches use; the server's own are in L{tests.test_media_hooks}.
+    """
+
+    def test_receiverHelpers(self):
+        """The test peers use the receiver's PLI helper and its stream table."""
+        import inspect
+
+        from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+        self.assertIn("_send_rtcp_pli", dir(RTCRtpReceiver))
+        self.assertIn("self.__remote_streams", inspect.getsource(RTCRtpReceiver._handle_rtp_packet))

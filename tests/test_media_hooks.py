@@ -1,203 +1,433 @@
 # -*- test-case-name: tests.test_media_hooks -*-
 """
-The private aiortc/aioice/pylibsrtp attributes the media engine relies on
-(design.md 9).  When one of these tests fails after an upgrade, the engine's
-packet path is broken: read the new aiortc source before changing the pins.
+Tests for L{ahoyconference.media.hooks}, one test class per hook and in the
+module's order: every private aiortc/aioice/pylibsrtp/asyncio attribute the
+engine relies on, exercised on live objects of a connected pair on loopback
+(docs/architecture.md, "The private hooks").  When one of these fails after
+an upgrade, the engine's packet path is broken: read the new sources before
+changing the pins.
+
+Run with C{trial --reactor=asyncio}.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import importlib.metadata
 import inspect
+import os
+import socket
+import struct
 
 import aioice
 import aioice.ice
 import aiortc
+import aiortc.rtcpeerconnection
 import pylibsrtp
-from aiortc import RTCPeerConnection
+from aioice import stun
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import CODECS, HEADER_EXTENSIONS
-from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtcdtlstransport import RTCCertificate
 from aiortc.rtcrtpsender import RTCRtpSender
-from twisted.logger import globalLogPublisher
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from ahoyconference.config import IceSettings
-from ahoyconference.media import ice
-from ahoyconference.media.engine import NeverTrack, installAsyncioExceptionHandler
-from tests.mediaclients import Subscriber
-from tests.test_media_engine import asyncioTest, loopbackOnly
-
-PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
-
-
-def source(obj) -> str:
-    """The source text of a function or class."""
-    return inspect.getsource(obj)
+from ahoyconference.media import hooks, ice
+from ahoyconference.media.engine import AiortcMediaEngine, NeverTrack
+from tests.mediaclients import Subscriber, waitFor
+from tests.test_media_engine import RecordingListener, asyncioTest, loopbackOnly
+from tests.test_rtp_input import CraftingPublisher
 
 
-class VersionTests(TestCase):
-    """The versions the hooks were read against (setup.cfg pins them)."""
-
-    def test_versions(self):
-        """aiortc, aioice and pylibsrtp are the pinned versions."""
-        import importlib.metadata
-
-        for name, version in PINNED.items():
-            self.assertEqual(importlib.metadata.version(name), version, name)
+def later(close):
+    """A cleanup that runs the coroutine function C{close} on asyncio."""
+    return lambda: Deferred.fromFuture(asyncio.ensure_future(close()))
 
 
-class SourceHookTests(TestCase):
-    """The call sites the engine replaces per instance still exist."""
-
-    def test_dtlsReceivePath(self):
-        """
-        C{_recv_next} unprotects with C{_rx_srtp} and hands plain packets to
-        C{self._handle_rtp_data} / C{self._handle_rtcp_data} (replaced per
-        instance); C{_setup_srtp} makes C{_rx_srtp} and C{_tx_srtp}.
-        """
-        text = source(RTCDtlsTransport._recv_next)
-        self.assertIn("self._rx_srtp.unprotect(data)", text)
-        self.assertIn("await self._handle_rtp_data(data", text)
-        self.assertIn("await self._handle_rtcp_data(data)", text)
-        self.assertIn("self.transport._recv()", text)
-        setup = source(RTCDtlsTransport._setup_srtp)
-        self.assertIn("self._rx_srtp = Session(", setup)
-        self.assertIn("self._tx_srtp = Session(", setup)
-        self.assertIn("self.transport._send(data)", source(RTCDtlsTransport._send_rtp))
-
-    def test_aioiceReceivePath(self):
-        """
-        aioice hands non-STUN datagrams from C{StunProtocol.datagram_received}
-        to the connection (we wrap C{datagram_received} per socket), and
-        gathers host candidates through the module's C{get_host_addresses}.
-        """
-        text = source(aioice.ice.StunProtocol.datagram_received)
-        self.assertIn("self.receiver.data_received(data", text)
-        self.assertIn("get_host_addresses(", source(aioice.ice.Connection.gather_candidates))
-        self.assertEqual(list(inspect.signature(aioice.ice.get_host_addresses).parameters),
-                         ["use_ipv4", "use_ipv6"])
-        self.assertIn("self._queue.put_nowait((data, component))",
-                      source(aioice.ice.Connection.data_received))
-
-    def test_consentTiming(self):
-        """
-        aioice's consent checks read the module globals that
-        L{ahoyconference.media.ice.installConsentTiming} sets, on every
-        round, and expire after that many failures in a row, each waiting
-        for its answer without retransmissions.
-        """
-        from ahoyconference.media import ice
-
-        text = source(aioice.ice.Connection.query_consent)
-        self.assertIn("await asyncio.sleep(CONSENT_INTERVAL *", text)
-        self.assertIn("if failures >= CONSENT_FAILURES:", text)
-        self.assertIn("retransmissions=0", text)
-        self.assertIn("return await self.close()", text)
-        ice.installConsentTiming()
-        self.assertEqual((aioice.ice.CONSENT_INTERVAL, aioice.ice.CONSENT_FAILURES), (4.0, 5))
-        self.assertLessEqual(ice.CONSENT_FAILURES * (ice.CONSENT_INTERVAL * 1.2 + 0.5), 30)
-
-    def test_senderReports(self):
-        """
-        A sender's RTCP loop builds an C{RtcpSrPacket} first and sends through
-        C{self._send_rtcp(packets)} (we fill the report in there).
-        """
-        text = source(RTCRtpSender._run_rtcp)
-        self.assertIn("RtcpSrPacket(", text)
-        self.assertIn("await self._send_rtcp(packets)", text)
-        self.assertIn("self.__track.recv()", source(RTCRtpSender._next_encoded_frame))
-
-    def test_receiverHelpers(self):
-        """The test peers use the receiver's PLI helper and its stream table."""
-        self.assertIn("_send_rtcp_pli", dir(RTCRtpReceiver))
-        self.assertIn("self.__remote_streams", source(RTCRtpReceiver._handle_rtp_packet))
-
-    def test_codecTables(self):
-        """
-        aiortc's fixed payload types and extension ids, which make publisher
-        and subscriber offers agree (the engine maps codecs by name anyway).
-        """
-        self.assertEqual([(c.mimeType, c.payloadType) for c in CODECS["audio"]][0],
-                         ("audio/opus", 96))
-        self.assertEqual([(c.mimeType, c.payloadType) for c in CODECS["video"]][:2],
-                         [("video/VP8", 97), ("video/rtx", 98)])
-        self.assertIn("urn:ietf:params:rtp-hdrext:ssrc-audio-level",
-                      [e.uri for e in HEADER_EXTENSIONS["audio"]])
-        from aiortc.rtcpeerconnection import is_codec_compatible
-
-        self.assertTrue(callable(is_codec_compatible))
-
-    def test_srtpSession(self):
-        """pylibsrtp sessions protect and unprotect RTP and RTCP."""
-        for name in ("protect", "unprotect", "protect_rtcp", "unprotect_rtcp"):
-            self.assertTrue(hasattr(pylibsrtp.Session, name), name)
+async def _connected(server, closers, what="pair") -> None:
+    for _ in range(200):
+        if server.connectionState == "connected":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the {what} did not connect")
 
 
-class LiveHookTests(TestCase):
-    """The attributes exist on live objects of a connected pair."""
+class LivePairMixin:
+    """Connected pairs on loopback: the server sends, or the server receives."""
 
     timeout = 60
 
     def setUp(self):
         loopbackOnly(self)
+        self.closers = []
 
-    @asyncioTest
-    async def test_connectedPair(self):
-        """
-        On a connected sendonly/recvonly pair: the sender's SSRCs, the bundled
-        DTLS transport's SRTP sessions, the ICE connection's protocols and
-        nominated pair with its socket transport and remote address.
-        """
+        async def closeAll():
+            for close in reversed(self.closers):
+                await close()
+
+        self.addCleanup(later(closeAll))
+
+    async def sendingPair(self):
+        """C{(server, transceiver, subscriber)}: the server sends video."""
         server = RTCPeerConnection(ice.rtcConfiguration(IceSettings()))
         client = Subscriber()
-        try:
-            transceiver = server.addTransceiver(NeverTrack("video"), direction="sendonly")
-            sender = transceiver.sender
-            self.assertIsInstance(sender._ssrc, int)
-            self.assertIsInstance(sender._rtx_ssrc, int)
-            self.assertTrue(callable(sender._send_rtcp))
-            await server.setLocalDescription(await server.createOffer())
-            answer = await client.answer(server.localDescription.sdp)
-            await server.setRemoteDescription(
-                aiortc.RTCSessionDescription(sdp=answer, type="answer"))
-            for _ in range(200):
-                if server.connectionState == "connected":
-                    break
-                await asyncio.sleep(0.05)
-            self.assertEqual(server.connectionState, "connected")
-            dtls = transceiver.receiver.transport
-            self.assertIs(dtls, sender.transport)
-            self.assertEqual(dtls.state, "connected")
-            self.assertIsInstance(dtls._rx_srtp, pylibsrtp.Session)
-            self.assertIsInstance(dtls._tx_srtp, pylibsrtp.Session)
-            connection = dtls.transport._connection
-            self.assertIsInstance(connection, aioice.Connection)
-            self.assertTrue(connection._protocols)
-            for protocol in connection._protocols:
-                self.assertTrue(callable(protocol.datagram_received))
-            pair = connection._nominated[1]
-            self.assertEqual(pair.remote_addr[0], "127.0.0.1")
-            self.assertTrue(callable(pair.protocol.transport.sendto))
-            # The zero-copy send path (forward.zeroCopySender): the session's C
-            # buffer and srtp_t, and the datagram transport's socket.
-            from ahoyconference.media.forward import zeroCopySender
+        self.closers += [server.close, client.close]
+        transceiver = server.addTransceiver(NeverTrack("video"), direction="sendonly")
+        await server.setLocalDescription(await server.createOffer())
+        answer = await client.answer(server.localDescription.sdp)
+        await server.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await _connected(server, self.closers)
+        return server, transceiver, client
 
-            zero = zeroCopySender(dtls._tx_srtp.protect, pair.protocol.transport.sendto)
-            self.assertIsNotNone(zero, "the zero-copy path no longer fits pylibsrtp/asyncio")
-            srtp, cdata, view, length, send = zero
-            self.assertGreaterEqual(len(view), 1500)
-            self.assertTrue(callable(send))
-            self.assertEqual(transceiver.mid, "0")
-            self.assertTrue(transceiver._codecs)
-            self.assertIn("sendonly", transceiver.currentDirection)
-        finally:
-            await client.close()
-            await server.close()
+    async def receivingPair(self):
+        """C{(server, transceiver, publisher)}: a crafting publisher sends audio."""
+        server = RTCPeerConnection(ice.rtcConfiguration(IceSettings()))
+        client = CraftingPublisher()
+        self.closers += [server.close, client.close]
+        transceiver = server.addTransceiver("audio", direction="recvonly")
+        server.addTransceiver("video", direction="recvonly")
+        await server.setLocalDescription(await server.createOffer())
+        answer = await client.answer(server.localDescription.sdp)
+        await server.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await _connected(server, self.closers)
+        await waitFor(lambda: client.pc.connectionState == "connected", what="client connected")
+        return server, transceiver, client
 
 
-class HostAddressTests(TestCase):
-    """C{[ice] host_addresses} through the wrapped C{get_host_addresses}."""
+class PinnedTests(TestCase):
+    """L{hooks.PINNED}: the versions the hooks were read against."""
+
+    def test_versions(self):
+        """aiortc, aioice and pylibsrtp are the pinned versions (setup.cfg pins them)."""
+        for name, version in hooks.PINNED.items():
+            self.assertEqual(importlib.metadata.version(name), version, name)
+
+
+class CodecHelperTests(TestCase):
+    """L{hooks.isCodecCompatible} and L{hooks.isRtx}, aiortc's own helpers."""
+
+    def test_isCodecCompatible(self):
+        """Same codec, other payload type: compatible; VP8 and Opus: not."""
+        opus, vp8 = CODECS["audio"][0], CODECS["video"][0]
+        self.assertTrue(hooks.isCodecCompatible(opus, opus))
+        self.assertFalse(hooks.isCodecCompatible(opus, vp8))
+
+    def test_isRtx(self):
+        """aiortc's fixed table: Opus 96, VP8 97 with RTX 98; the audio level extension."""
+        self.assertEqual((CODECS["audio"][0].mimeType, CODECS["audio"][0].payloadType),
+                         ("audio/opus", 96))
+        self.assertEqual([(c.mimeType, c.payloadType) for c in CODECS["video"]][:2],
+                         [("video/VP8", 97), ("video/rtx", 98)])
+        self.assertTrue(hooks.isRtx(CODECS["video"][1]))
+        self.assertFalse(hooks.isRtx(CODECS["video"][0]))
+        self.assertIn("urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+                      [e.uri for e in HEADER_EXTENSIONS["audio"]])
+
+
+class SrtpProtectInPlaceTests(TestCase):
+    """L{hooks.srtpProtectInPlace}: libsrtp's C function through pylibsrtp's binding."""
+
+    def test_protectInPlace(self):
+        """It protects a packet in a session's own buffer as C{Session.protect} does."""
+        from pylibsrtp import Policy, Session
+
+        key = os.urandom(30)
+        packet = struct.pack("!BBHII", 0x80, 96, 1, 2, 3) + b"payload"
+        ours = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+        theirs = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+        srtp, cdata = ours._srtp[0], ours._cdata
+        view, length = memoryview(hooks._ffi.buffer(cdata)), hooks._ffi.new("int *")
+        view[:len(packet)] = packet
+        length[0] = len(packet)
+        self.assertEqual(hooks.srtpProtectInPlace(srtp, cdata, length), 0)
+        self.assertEqual(bytes(view[:length[0]]), theirs.protect(packet))
+
+
+class NewPeerConnectionTests(LivePairMixin, TestCase):
+    """L{hooks.newPeerConnection}: one DTLS certificate for many peer connections."""
+
+    @asyncioTest
+    async def test_sharedCertificate(self):
+        """
+        Two peer connections made with one certificate offer its fingerprint;
+        aiortc's own generation is back afterwards.
+        """
+        certificate = RTCCertificate.generateCertificate()
+        fingerprint = certificate.getFingerprints()[0].value
+        offers = []
+        for _ in range(2):
+            pc = hooks.newPeerConnection(ice.rtcConfiguration(IceSettings()), certificate)
+            self.closers.append(pc.close)
+            pc.addTransceiver("audio", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            offers.append(pc.localDescription.sdp)
+        for offer in offers:
+            self.assertIn(f"a=fingerprint:sha-256 {fingerprint}", offer)
+        self.assertIs(aiortc.rtcpeerconnection.RTCCertificate, RTCCertificate)
+        other = RTCPeerConnection()
+        self.closers.append(other.close)
+        other.addTransceiver("audio")
+        await other.setLocalDescription(await other.createOffer())
+        self.assertNotIn(fingerprint, other.localDescription.sdp)
+
+    @asyncioTest
+    async def test_connects(self):
+        """A peer connection with the shared certificate completes DTLS with a client."""
+        certificate = RTCCertificate.generateCertificate()
+        server = hooks.newPeerConnection(ice.rtcConfiguration(IceSettings()), certificate)
+        client = Subscriber()
+        self.closers += [server.close, client.close]
+        server.addTransceiver(NeverTrack("video"), direction="sendonly")
+        await server.setLocalDescription(await server.createOffer())
+        answer = await client.answer(server.localDescription.sdp)
+        await server.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await _connected(server, self.closers)
+
+
+class FreshCertificateTests(TestCase):
+    """L{hooks.freshCertificate}: one certificate, renewed before it expires."""
+
+    def test_renewal(self):
+        """None or expiring within the margin: a new one; else the same."""
+        now = datetime.datetime.now(datetime.UTC)
+        first = hooks.freshCertificate(None, now)
+        self.assertIsInstance(first, RTCCertificate)
+        self.assertIs(hooks.freshCertificate(first, now), first)
+        late = first.expires - datetime.timedelta(hours=1)
+        renewed = hooks.freshCertificate(first, late)
+        self.assertIsNot(renewed, first)
+
+
+class SenderSsrcsTests(TestCase):
+    """L{hooks.senderSsrcs}: what aiortc's sender announces."""
+
+    @asyncioTest
+    async def test_announced(self):
+        """Both SSRCs appear in the offer's a=ssrc lines."""
+        pc = RTCPeerConnection()
+        self.addCleanup(later(pc.close))
+        transceiver = pc.addTransceiver(NeverTrack("video"), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        ssrc, rtx = hooks.senderSsrcs(transceiver.sender)
+        self.assertIn(f"a=ssrc:{ssrc} ", pc.localDescription.sdp)
+        self.assertIn(f"a=ssrc-group:FID {ssrc} {rtx}", pc.localDescription.sdp)
+
+
+class FillSenderReportsTests(LivePairMixin, TestCase):
+    """L{hooks.fillSenderReports}: our values in aiortc's sender reports."""
+
+    timeout = 60
+
+    @asyncioTest
+    async def test_filledAndSuppressed(self):
+        """Suppressed while C{fill} says so; then the subscriber gets our values."""
+        server, transceiver, client = await self.sendingPair()
+        filling = []
+
+        def fill(packet):
+            filling.append(packet)
+            if len(filling) < 2:
+                return False
+            packet.sender_info.rtp_timestamp = 123456
+            return True
+
+        hooks.fillSenderReports(transceiver.sender, fill)
+        await waitFor(lambda: client.senderReports, timeout=20, what="a sender report")
+        self.assertGreaterEqual(len(filling), 2)
+        self.assertEqual(client.senderReports[0][2], 123456)
+
+
+class NominatedPairTests(LivePairMixin, TestCase):
+    """L{hooks.nominatedPair}."""
+
+    @asyncioTest
+    async def test_pair(self):
+        """A socket's C{sendto} and the client's loopback address; C{None} before ICE."""
+        fresh = RTCPeerConnection()
+        self.closers.append(fresh.close)
+        fresh.addTransceiver("audio")
+        await fresh.setLocalDescription(await fresh.createOffer())
+        self.assertIsNone(hooks.nominatedPair(fresh.getTransceivers()[0].receiver.transport))
+        server, transceiver, client = await self.sendingPair()
+        sendto, addr = hooks.nominatedPair(transceiver.receiver.transport)
+        self.assertTrue(callable(sendto))
+        self.assertEqual(addr[0], "127.0.0.1")
+        self.assertIs(transceiver.receiver.transport, transceiver.sender.transport)
+
+
+class SendRtcpTests(LivePairMixin, TestCase):
+    """L{hooks.sendRtcp}."""
+
+    @asyncioTest
+    async def test_arrives(self):
+        """A PLI sent synchronously arrives, decrypted, at the client's DTLS transport."""
+        server, transceiver, client = await self.receivingPair()
+        got = []
+        dtls = client.dtls
+        original = dtls._handle_rtcp_data
+
+        async def record(data):
+            got.extend(RtcpPacket.parse(data))
+            await original(data)
+
+        dtls._handle_rtcp_data = record
+        pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=client.audioSsrc)
+        self.assertTrue(hooks.sendRtcp(transceiver.receiver.transport, bytes(pli)))
+        await waitFor(lambda: any(isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_PLI
+                                  for p in got), what="the PLI")
+        fresh = RTCPeerConnection()
+        self.closers.append(fresh.close)
+        fresh.addTransceiver("audio")
+        self.assertFalse(hooks.sendRtcp(fresh.getTransceivers()[0].receiver.transport, b""))
+
+
+class SrtpProtectTests(LivePairMixin, TestCase):
+    """L{hooks.srtpProtect}."""
+
+    @asyncioTest
+    async def test_roundTrip(self):
+        """What the server protects, the client's session unprotects."""
+        server, transceiver, client = await self.sendingPair()
+        protect = hooks.srtpProtect(transceiver.sender.transport)
+        self.assertIsInstance(protect.__self__, pylibsrtp.Session)
+        packet = struct.pack("!BBHII", 0x80, 97, 7, 8, hooks.senderSsrcs(transceiver.sender)[0])
+        dtls = client.pc.getTransceivers()[0].receiver.transport
+        self.assertEqual(dtls._rx_srtp.unprotect(protect(packet + b"x" * 20)), packet + b"x" * 20)
+
+
+class SrtpReceiveTests(LivePairMixin, TestCase):
+    """L{hooks.srtpReceive}."""
+
+    @asyncioTest
+    async def test_unprotectAndRemove(self):
+        """The client's packets unprotect; a stream per SSRC can be removed once."""
+        server, transceiver, client = await self.receivingPair()
+        unprotect, removeStream = hooks.srtpReceive(transceiver.receiver.transport)
+        packet = client.rtp(ssrc=0xABCDEF)
+        self.assertEqual(unprotect(client.protect(packet)), packet)
+        removeStream(0xABCDEF)
+        self.assertRaises(pylibsrtp.Error, removeStream, 0xABCDEF)
+
+
+class RouteDecryptedTests(LivePairMixin, TestCase):
+    """L{hooks.routeDecrypted}."""
+
+    @asyncioTest
+    async def test_routed(self):
+        """Packets aiortc decrypts reach our coroutines, not its receivers."""
+        server, transceiver, client = await self.receivingPair()
+        rtp, rtcp = [], []
+
+        async def handleRtp(data, arrival_time_ms=0):
+            rtp.append(data)
+
+        async def handleRtcp(data):
+            rtcp.append(data)
+
+        hooks.routeDecrypted(transceiver.receiver.transport, handleRtp, handleRtcp)
+        packet = client.rtp()
+        client.raw(client.protect(packet))
+        client.raw(client.protectRtcp(bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1,
+                                                           media_ssrc=2))))
+        await waitFor(lambda: rtp and rtcp, what="both routed")
+        self.assertEqual(rtp, [packet])
+
+
+class TakeDatagramsTests(LivePairMixin, TestCase):
+    """L{hooks.takeDatagrams}."""
+
+    @asyncioTest
+    async def test_takenAndReleased(self):
+        """
+        SRTP reaches our function synchronously, before aioice; after
+        release it goes through aiortc again; the connection stays up.
+        """
+        server, transceiver, client = await self.receivingPair()
+        dtls = transceiver.receiver.transport
+        taken, routed = [], []
+
+        async def handleRtp(data, arrival_time_ms=0):
+            routed.append(data)
+
+        async def handleRtcp(data):
+            pass
+
+        hooks.routeDecrypted(dtls, handleRtp, handleRtcp)
+        release = hooks.takeDatagrams(dtls, taken.append)
+        protected = client.protect(client.rtp())
+        client.raw(protected)
+        await waitFor(lambda: taken, what="the datagram taken")
+        self.assertEqual(taken, [protected])
+        client.raw(client.protectRtcp(bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1,
+                                                           media_ssrc=2))))
+        release()
+        for protocol in dtls.transport._connection._protocols:
+            self.assertNotIn("datagram_received", protocol.__dict__)
+        packet = client.rtp()
+        client.raw(client.protect(packet))
+        await waitFor(lambda: routed, what="routed through aiortc again")
+        self.assertEqual(routed, [packet])
+        self.assertEqual(len(taken), 1)
+        self.assertEqual(server.connectionState, "connected")
+
+
+class GuardDatagramsTests(LivePairMixin, TestCase):
+    """L{hooks.guardDatagrams}."""
+
+    @asyncioTest
+    async def test_emptyDropped(self):
+        """Empty and junk datagrams are counted and dropped; the connection stays up."""
+        server, transceiver, client = await self.sendingPair()
+        dropped = []
+        hooks.guardDatagrams(transceiver.receiver.transport, lambda: dropped.append(1))
+        _, addr = hooks.nominatedPair(client.pc.getTransceivers()[0].receiver.transport)
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(stranger.close)
+        for data in (b"", b"\x00junk", b"\xffjunk"):
+            stranger.sendto(data, addr)
+        await waitFor(lambda: len(dropped) == 3, what="three drops")
+        await asyncio.sleep(0.2)
+        self.assertEqual(server.connectionState, "connected")
+
+
+class RecordingProtocol:
+    """Stands where aioice's StunProtocol stands; records what is sent."""
+
+    def __init__(self):
+        self.sent = []
+
+    def send_stun(self, message, addr):
+        self.sent.append((message, addr))
+
+
+class GuardChecksTests(TestCase):
+    """L{hooks.guardChecks}."""
+
+    @asyncioTest
+    async def test_refused(self):
+        """Checks from refused addresses get no answer and are reported; others are answered."""
+        pc = RTCPeerConnection()
+        self.addCleanup(later(pc.close))
+        pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        refused = []
+        self.assertEqual(hooks.guardChecks(pc, lambda a: a == "127.0.0.1", refused.append), 1)
+        self.assertEqual(hooks.guardChecks(pc, lambda a: True, refused.append), 0)
+        connection = pc.getTransceivers()[0].receiver.transport.transport._connection
+        protocol = RecordingProtocol()
+        request = stun.Message(message_method=stun.Method.ALLOCATE,
+                               message_class=stun.Class.REQUEST)
+        connection.request_received(request, ("192.0.2.2", 40000), protocol)
+        self.assertEqual((protocol.sent, refused), ([], ["192.0.2.2"]))
+        connection.request_received(request, ("127.0.0.1", 40000), protocol)
+        self.assertEqual([addr for _, addr in protocol.sent], [("127.0.0.1", 40000)])
+
+
+class InstallHostAddressesTests(TestCase):
+    """L{hooks.installHostAddresses}."""
 
     timeout = 30
 
@@ -208,14 +438,14 @@ class HostAddressTests(TestCase):
         the configured address, and uninstalling restores aioice.
         """
         original = aioice.ice.get_host_addresses
-        uninstall = ice.installHostAddresses(("127.0.0.1", "::1"))
+        uninstall = hooks.installHostAddresses(("127.0.0.1", "::1"))
         try:
             self.assertEqual(aioice.ice.get_host_addresses(True, False), ["127.0.0.1"])
             connection = aioice.Connection(ice_controlling=True, use_ipv6=False)
             await connection.gather_candidates()
             self.assertEqual([c.host for c in connection.local_candidates], ["127.0.0.1"])
             await connection.close()
-            nested = ice.installHostAddresses(("::1",))
+            nested = hooks.installHostAddresses(("::1",))
             self.assertEqual(aioice.ice.get_host_addresses(True, True), ["::1"])
             nested()
             self.assertEqual(aioice.ice.get_host_addresses(True, True), ["127.0.0.1", "::1"])
@@ -227,42 +457,101 @@ class HostAddressTests(TestCase):
     def test_emptyChangesNothing(self):
         """No addresses configured: aioice's own function stays."""
         original = aioice.ice.get_host_addresses
-        ice.installHostAddresses(())()
+        hooks.installHostAddresses(())()
         self.assertIs(aioice.ice.get_host_addresses, original)
 
     def test_badAddress(self):
         """A typo is a ValueError at start-up."""
-        self.assertRaises(ValueError, ice.installHostAddresses, ("127.0.0.300",))
-
-    def test_servers(self):
-        """Configured servers become RTCIceServers; none by default (no Google STUN)."""
-        self.assertEqual(ice.rtcConfiguration(IceSettings()).iceServers, [])
-        servers = ice.iceServers(IceSettings(servers=(
-            {"urls": "turn:turn.example:3478", "username": "u", "credential": "c"},)))
-        self.assertEqual((servers[0].urls, servers[0].username, servers[0].credential),
-                         ("turn:turn.example:3478", "u", "c"))
+        self.assertRaises(ValueError, hooks.installHostAddresses, ("127.0.0.300",))
 
 
-class ExceptionHandlerTests(TestCase):
-    """L{installAsyncioExceptionHandler} logs asyncio errors through twisted.logger."""
+class InstallConsentTimingTests(TestCase):
+    """L{hooks.installConsentTiming}."""
 
-    def test_logged(self):
-        """An exception in a context is logged with its traceback; a message alone too."""
-        loop = asyncio.new_event_loop()
-        self.addCleanup(loop.close)
-        events = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        installAsyncioExceptionHandler(loop)
-        try:
-            raise RuntimeError("boom")
-        except RuntimeError as e:
-            error = e
-        loop.call_exception_handler({"message": "Task exception", "exception": error})
-        loop.call_exception_handler({"message": "just a message"})
-        failures = [e for e in events if "log_failure" in e]
-        self.assertEqual(len(failures), 1)
-        self.assertIs(failures[0]["log_failure"].value, error)
-        self.assertTrue(any(e.get("asyncio_message") == "just a message" for e in events), events)
-        self.flushLoggedErrors(RuntimeError)
+    def test_consentTiming(self):
+        """
+        aioice's consent checks read the module globals we set, on every
+        round, and expire after that many failures in a row, each waiting
+        for its answer without retransmissions: within RFC 7675's 30 s.
+        """
+        text = inspect.getsource(aioice.ice.Connection.query_consent)
+        self.assertIn("await asyncio.sleep(CONSENT_INTERVAL *", text)
+        self.assertIn("if failures >= CONSENT_FAILURES:", text)
+        self.assertIn("retransmissions=0", text)
+        self.assertIn("return await self.close()", text)
+        hooks.installConsentTiming()
+        self.assertEqual((aioice.ice.CONSENT_INTERVAL, aioice.ice.CONSENT_FAILURES), (4.0, 5))
+        self.assertLessEqual(hooks.CONSENT_FAILURES * (hooks.CONSENT_INTERVAL * 1.2 + 0.5), 30)
 
+
+class ZeroCopySenderTests(LivePairMixin, TestCase):
+    """L{hooks.zeroCopySender}."""
+
+    @asyncioTest
+    async def test_parts(self):
+        """
+        On a connected pair: libsrtp's session, its C buffer of at least 1500
+        bytes and the socket's own C{sendto}; C{None} for anything else.
+        """
+        server, transceiver, client = await self.sendingPair()
+        dtls = transceiver.sender.transport
+        sendto, addr = hooks.nominatedPair(dtls)
+        zero = hooks.zeroCopySender(hooks.srtpProtect(dtls), sendto)
+        self.assertIsNotNone(zero, "the zero-copy path no longer fits pylibsrtp/asyncio")
+        srtp, cdata, view, length, send = zero
+        self.assertGreaterEqual(len(view), hooks.SRTP_BUFFER)
+        self.assertTrue(callable(send))
+        self.assertIsNone(hooks.zeroCopySender(bytes, sendto))
+        self.assertIsNone(hooks.zeroCopySender(hooks.srtpProtect(dtls), print))
+
+
+class CheckHooksTests(TestCase):
+    """L{hooks.checkHooks}: the start-up check."""
+
+    def setUp(self):
+        self.patch(hooks, "_checked", [])
+
+    def test_fits(self):
+        """The pinned versions fit."""
+        hooks.checkHooks()
+        self.assertEqual(hooks._checked, [True])
+
+    def test_callSiteMoved(self):
+        """A call site that moved is named in one line."""
+        async def _run_rtcp(self):
+            pass
+
+        self.patch(RTCRtpSender, "_run_rtcp", _run_rtcp)
+        e = self.assertRaises(hooks.HookMismatch, hooks.checkHooks)
+        self.assertIn("_run_rtcp", str(e))
+        self.assertNotIn("\n", str(e))
+        self.assertEqual(hooks._checked, [])
+
+    def test_signatureChanged(self):
+        """A wrapped function whose parameters changed is refused."""
+        self.patch(aioice.ice, "get_host_addresses", lambda ipv4, ipv6: [])
+        e = self.assertRaises(hooks.HookMismatch, hooks.checkHooks)
+        self.assertIn("get_host_addresses", str(e))
+
+    def test_engineRefusesToStart(self):
+        """An engine is not made on libraries that do not fit."""
+        from twisted.internet.task import Clock
+
+        self.patch(aioice.ice, "get_host_addresses", lambda ipv4, ipv6: [])
+        self.assertRaises(hooks.HookMismatch, AiortcMediaEngine, RecordingListener(),
+                          IceSettings(), Clock())
+
+    def test_tapRefusesToStart(self):
+        """C{twistd ahoyconference} stops with one line naming the hook."""
+        from twisted.internet import reactor
+
+        from ahoyconference.config import Config
+        from ahoyconference.media import engine
+        from ahoyconference.tap import buildService
+
+        self.patch(engine, "installAsyncioExceptionHandler", lambda loop=None: None)
+        self.patch(aioice.ice, "get_host_addresses", lambda ipv4, ipv6: [])
+
+        e = self.assertRaises(SystemExit, buildService, Config(ports=("tcp:0",)), reactor)
+        self.assertIn("get_host_addresses", str(e))
+        self.assertNotIn("\n", str(e))

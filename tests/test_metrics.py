@@ -47,7 +47,10 @@ class MetricsTests(unittest.TestCase):
             self.assertEqual(value(body, "ahoy_errors_total", 'status="403"'), 1)
             self.assertEqual(value(body, "ahoy_joins_total", 'role="speaker"'), 1)
             for name in ("ahoy_publishers", "ahoy_subscriptions", "ahoy_forwarded_packets_total",
-                         "ahoy_forwarded_bytes_total"):
+                         "ahoy_forwarded_bytes_total", "ahoy_send_errors_total",
+                         "ahoy_nacks_received_total", "ahoy_retransmitted_packets_total",
+                         "ahoy_keyframe_requests_sent_total", "ahoy_remb_sent_total",
+                         "ahoy_refused_ice_checks_total", "ahoy_dropped_candidates_total"):
                 value(body, name)
             await b.close()
             clients.remove(b)

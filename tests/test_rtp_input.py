@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_rtp_input -*-
 """
 Hostile RTP, RTCP and plain junk at the server's media ports, over the wire,
-after ICE and DTLS are up (design.md 9): through the real server, from a
+after ICE and DTLS are up (docs/architecture.md): through the real server, from a
 joined member's real aiortc peer connection whose sender produces nothing,
 so that every packet on its connection is crafted here and sent through its
 own SRTP session (C{_tx_srtp.protect}/C{protect_rtcp}) and its nominated

@@ -15,8 +15,8 @@ from twisted.trial.unittest import TestCase
 from ahoyconference.config import IceSettings
 from ahoyconference.interfaces import ProtocolError
 from ahoyconference.media import sdp
-from ahoyconference.media.engine import _preferences
 from ahoyconference.media.ice import rtcConfiguration
+from ahoyconference.media.peers import codecPreferences
 from tests.mediaclients import Publisher, Subscriber
 from tests.test_media_engine import asyncioTest, loopbackOnly
 
@@ -87,7 +87,7 @@ class CheckAnswerTests(TestCase):
         pc = RTCPeerConnection(rtcConfiguration(IceSettings()))
         self.pcs.append(pc)
         for kind in ("audio", "video"):
-            pc.addTransceiver(kind, direction="recvonly").setCodecPreferences(_preferences(kind))
+            pc.addTransceiver(kind, direction="recvonly").setCodecPreferences(codecPreferences(kind))
         await pc.setLocalDescription(await pc.createOffer())
         publisher = Publisher()
         self.pcs.append(publisher)
@@ -137,7 +137,7 @@ class CheckAnswerTests(TestCase):
         pc = RTCPeerConnection(rtcConfiguration(IceSettings()))
         self.pcs.append(pc)
         pc.addTransceiver("video", direction="sendonly").setCodecPreferences(
-            _preferences("video", {("video/vp8", 90000, "", "")}))
+            codecPreferences("video", {("video/vp8", 90000, "", "")}))
         await pc.setLocalDescription(await pc.createOffer())
         offer = pc.localDescription.sdp
         self.assertNotIn("H264", offer)

@@ -152,8 +152,8 @@ class VanishTests(TestCase):
                       what=f"Sam's UDP sockets freed (have {udpSockets()})")
         forwarded = self.engine.stats()["forwarded_packets"]
         stream = self.engine._streams[(peteID, "video")]
-        received = stream.fwdIn
-        await waitFor(lambda: stream.fwdIn > received + 20, timeout=20,
+        received = stream.acceptedPackets
+        await waitFor(lambda: stream.acceptedPackets > received + 20, timeout=20,
                       what="Pete's media still arriving")
         self.assertEqual(self.engine.stats()["forwarded_packets"], forwarded)  # to nobody
         self.assertIsNone(publisher.proc.returncode)  # Pete is still there

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_media_engine -*-
 """
 The per-packet fast path: one publisher's stream of one kind in, every
-subscriber's copy out (design.md 5 and 9).
+subscriber's copy out (docs/architecture.md).
 
 An L{InStream} gets each decrypted RTP packet of its publisher as C{bytes}.
 Per packet it reads the fixed header once, keeps the statistics for receiver
@@ -17,68 +17,39 @@ changes (a new peer connection, a new SSRC) or forwarding resumes after a
 moderator mute, every output continues its sequence numbers and timestamps
 where it stopped (L{InStream._rebase}), so subscriptions survive the
 publisher renegotiating.
+
+Over 400 lines: the packet path, the receive statistics it keeps for our
+reports, the ring it fills and the retransmissions answered from it share
+the state of one object, read per packet without indirection.
 """
 
 from __future__ import annotations
 
-import random
 import struct
+from collections import Counter
 from collections.abc import Callable
 
 from aiortc.rtp import RtcpReceiverInfo, clamp_packets_lost
 
+from ahoyconference.media.faults import Faults, SrtpStatusError
+from ahoyconference.media.hooks import ZERO_COPY_MAX, srtpProtectInPlace
+from ahoyconference.media.outstream import OutStream
 from ahoyconference.media.speaking import findExtensions
-
-try:  # the zero-copy send path below uses pylibsrtp's cffi binding (pinned: 1.0.0)
-    from pylibsrtp import Session as _SrtpSession
-    from pylibsrtp._binding import ffi as _ffi
-    from pylibsrtp._binding import lib as _srtpLib
-except ImportError:  # pragma: no cover
-    _SrtpSession = _ffi = _srtpLib = None
 
 RING_SIZE = 1024
 """Video packets kept per stream for retransmission on NACK."""
+
+MAX_SOURCES = 4
+"""SSRCs remembered per stream: older ones' libsrtp state is freed."""
+
+SOURCE_SWITCH_INTERVAL = 0.5
+"""Seconds: a stream changes its source (SSRC or codec) at most this often."""
 
 _RING_MASK = RING_SIZE - 1
 _header = struct.Struct("!BBHII").unpack_from
 _rewrite = struct.Struct("!BHII").pack_into
 _u16 = struct.Struct("!H").pack
 _NTP_EPOCH = 2208988800
-_ZERO_COPY_MAX = 1500 - 144
-"""Largest packet for the zero-copy path: pylibsrtp's 1500-byte buffer less
-SRTP_MAX_TRAILER_LEN (tag + MKI)."""
-
-
-def zeroCopySender(protect: Callable, sendto: Callable) -> tuple | None:
-    """
-    The parts of a zero-copy send path for one output, or C{None} when
-    C{protect} is not a pylibsrtp C{Session.protect} or C{sendto} not an
-    asyncio datagram transport's (then the generic path is used).
-
-    Per packet the generic path copies the packet into a C{bytearray},
-    rewrites it, copies it to C{bytes}, and pylibsrtp copies it into its C
-    buffer, allocates an C{int *}, protects, and copies the result out
-    again; asyncio's C{sendto} then checks its state in Python.  The zero-copy
-    path writes the packet straight into the session's own C buffer,
-    rewrites it there, calls C{srtp_protect} on it with a length pointer
-    allocated once, and hands a C{memoryview} of the result to the socket.
-    The buffer is the one pylibsrtp itself uses for every C{protect} of that
-    session, so the loop must not protect anything else on the session
-    between the write and the C{sendto} (nothing can: one thread, no await).
-    A full socket buffer drops the packet (counted in C{errors}) instead of
-    queueing it in asyncio's transport.
-
-    @return: C{(srtp, cdata, view, lenPointer, socketSendto)}.
-    """
-    session = getattr(protect, "__self__", None)
-    transport = getattr(sendto, "__self__", None)
-    sock = getattr(transport, "_sock", None)
-    if (_SrtpSession is None or not isinstance(session, _SrtpSession) or sock is None
-            or getattr(protect, "__func__", None) is not _SrtpSession.protect):
-        return None
-    cdata = session._cdata
-    return (session._srtp[0], cdata, memoryview(_ffi.buffer(cdata)), _ffi.new("int *"),
-            sock.sendto)
 
 
 def ntpTime(seconds: float) -> int:
@@ -95,73 +66,6 @@ def headerLength(data) -> int:
     return length
 
 
-class OutStream:
-    """
-    One subscriber's copy of one publisher's stream of one kind.
-
-    @ivar ssrc: our sender's SSRC, advertised in the subscriber's offer.
-    @ivar pt: the payload type for the publisher's current codec, -1 when
-        the subscriber did not accept that codec (then nothing is sent).
-    @ivar mid: the subscriber's one-byte mid value, written over the
-        publisher's in the mid header extension.
-    @ivar protect: the subscriber's SRTP C{protect}.
-    @ivar sendto: the C{sendto} of the nominated pair's socket transport.
-    @ivar addr: the nominated pair's remote address.
-    """
-
-    __slots__ = (
-        "kind", "ssrc", "rtxSsrc", "ptByKey", "rtxByPt", "pt", "rtxPt", "mid",
-        "_protect", "_sendto", "addr", "seqDelta", "tsDelta", "startSeq", "startTs",
-        "rtxSeq", "basePackets", "baseOctets", "errors", "retransmitted", "owner", "zeroCopy",
-    )
-
-    def __init__(self, kind: str, ssrc: int, ptByKey: dict, rtxByPt: dict, rtxSsrc: int | None,
-                 mid: int, protect: Callable, sendto: Callable, addr, owner=None):
-        self.kind = kind
-        self.ssrc = ssrc
-        self.rtxSsrc = rtxSsrc
-        self.ptByKey = ptByKey
-        self.rtxByPt = rtxByPt
-        self.pt = -1
-        self.rtxPt = None
-        self.mid = mid
-        self._protect = protect
-        self._sendto = sendto
-        self.addr = addr
-        self.seqDelta: int | None = None
-        self.tsDelta = 0
-        self.startSeq = random.randrange(0, 0x8000)
-        self.startTs = random.randrange(0, 0x100000000)
-        self.rtxSeq = random.randrange(0, 0x8000)
-        self.basePackets = 0
-        self.baseOctets = 0
-        self.errors = 0
-        self.retransmitted = 0
-        self.owner = owner
-        self.zeroCopy = zeroCopySender(protect, sendto)
-
-    # Replacing protect or sendto (tests drop packets that way) turns the
-    # zero-copy path off unless the new pair qualifies again.
-
-    @property
-    def protect(self) -> Callable:
-        return self._protect
-
-    @protect.setter
-    def protect(self, value: Callable) -> None:
-        self._protect = value
-        self.zeroCopy = zeroCopySender(value, self._sendto)
-
-    @property
-    def sendto(self) -> Callable:
-        return self._sendto
-
-    @sendto.setter
-    def sendto(self, value: Callable) -> None:
-        self._sendto = value
-        self.zeroCopy = zeroCopySender(self._protect, value)
-
-
 class InStream:
     """
     One publisher's stream of one kind, and the outputs it feeds.
@@ -169,6 +73,10 @@ class InStream:
     @ivar enabled: C{False} while a moderator stops forwarding (4.4).
     @ivar available: media arrived from the current source.
     @ivar ssrc: the current source's SSRC, C{None} without a source.
+    @ivar sources: the last L{MAX_SOURCES} SSRCs that were the source, oldest
+        first; the libsrtp state of older ones is freed (C{onStale}).
+    @ivar sourceChanges: how often the source (SSRC or codec) changed.
+    @ivar drops: dropped packets by reason; C{dropped} is their sum.
     """
 
     def __init__(self, publisherID: str, kind: str, now: Callable[[], float],
@@ -176,14 +84,16 @@ class InStream:
                  onKeyframeNeeded: Callable[[InStream], None] = lambda s: None,
                  onLevel: Callable[[float, int], None] | None = None,
                  onSource: Callable[[InStream], None] = lambda s: None,
-                 onForeign: Callable[[InStream, int], None] = lambda s, ssrc: None):
+                 onStale: Callable[[InStream, int], None] = lambda s, ssrc: None,
+                 faults: Faults | None = None):
         self.publisherID = publisherID
         self.kind = kind
         self._now = now
         self._onAvailable = onAvailable
         self._onKeyframeNeeded = onKeyframeNeeded
         self._onSource = onSource
-        self._onForeign = onForeign
+        self._onStale = onStale
+        self._faults = faults if faults is not None else Faults()
         self.onLevel = onLevel
         self.outputs: list[OutStream] = []
         self.active: list[OutStream] = []
@@ -196,8 +106,11 @@ class InStream:
         self.midId = 0
         self.levelId = 0
         self.ssrcs: frozenset[int] = frozenset()
-        # the current source
+        # the current source, and the last few
         self.ssrc: int | None = None
+        self.sources: list[int] = []
+        self.switchTime = -SOURCE_SWITCH_INTERVAL
+        self.sourceChanges = 0
         self.pt = -1
         self.key: tuple | None = None
         self.clockRate = 90000 if kind == "video" else 48000
@@ -221,12 +134,15 @@ class InStream:
         self.fwdSeq: int | None = None
         self.fwdTs = 0
         self.fwdTime = 0.0
-        # counters
-        self.fwdIn = 0
-        self.fwdInOctets = 0
-        self.fwdPackets = 0
-        self.fwdOctets = 0
+        # counters: packets (and payload octets) taken from the source while
+        # forwarding is enabled, for sender reports; copies sent to outputs
+        self.acceptedPackets = 0
+        self.acceptedOctets = 0
+        self.sentPackets = 0
+        self.sentOctets = 0
         self.dropped = 0
+        self.drops: Counter = Counter()
+        self.detachedErrors = 0
 
     # -- configuration ------------------------------------------------------
 
@@ -250,8 +166,8 @@ class InStream:
             out.seqDelta = (out.startSeq - self.maxSeq - 1) & 0xFFFF
             ref = self.fwdTs if self.fwdSeq is not None else self.refRtp
             out.tsDelta = (out.startTs - ref) & 0xFFFFFFFF
-        out.basePackets = self.fwdIn
-        out.baseOctets = self.fwdInOctets
+        out.basePackets = self.acceptedPackets
+        out.baseOctets = self.acceptedOctets
         self.outputs.append(out)
         self._remap()
         if self.kind == "video":
@@ -261,7 +177,13 @@ class InStream:
         """Stop feeding an output."""
         if out in self.outputs:
             self.outputs.remove(out)
+            self.detachedErrors += out.errors
             self._remap()
+
+    @property
+    def sendErrors(self) -> int:
+        """Packets that could not be protected or sent, to any output so far."""
+        return self.detachedErrors + sum(o.errors for o in self.outputs)
 
     def setEnabled(self, enabled: bool) -> None:
         """Stop or resume forwarding; resuming continues every output's numbering."""
@@ -323,16 +245,17 @@ class InStream:
         self.fwdSeq = seq
         self.fwdTs = ts
         self.fwdTime = now
-        self.fwdIn += 1
-        self.fwdInOctets += len(data) - 12
+        self.acceptedPackets += 1
+        self.acceptedOctets += len(data) - 12
         outs = self.active
         if not outs:
             return
         size = len(data)
-        small = size <= _ZERO_COPY_MAX
-        protect = _srtpLib.srtp_protect if _srtpLib is not None else None
+        small = size <= ZERO_COPY_MAX
+        protect = srtpProtectInPlace
         b = None
         marker = b1 & 0x80
+        sent = 0
         for o in outs:
             z = o.zeroCopy
             try:
@@ -344,9 +267,9 @@ class InStream:
                     if midOffset:
                         view[midOffset] = o.mid
                     length[0] = size
-                    if protect(srtp, cdata, length):
-                        o.errors += 1
-                        continue
+                    status = protect(srtp, cdata, length)
+                    if status:
+                        raise SrtpStatusError(f"srtp_protect returned {status}")
                     send(view[:length[0]], o.addr)
                 else:
                     if b is None:
@@ -356,24 +279,39 @@ class InStream:
                     if midOffset:
                         b[midOffset] = o.mid
                     o.sendto(o.protect(bytes(b)), o.addr)
-            except Exception:  # SRTP or socket trouble: count it, never raise into aioice
+                sent += 1
+            except Exception as e:  # SRTP or socket trouble: never raise into aioice
                 o.errors += 1
-        n = len(outs)
-        self.fwdPackets += n
-        self.fwdOctets += n * size
+                self._faults.error("send", e)
+        self.sentPackets += sent
+        self.sentOctets += sent * size
+
+    def _drop(self, reason: str) -> bool:
+        self.dropped += 1
+        self.drops[reason] += 1
+        return False
 
     def _newSource(self, ssrc: int, pt: int, seq: int, ts: int) -> bool:
         key = self.codecs.get(pt)
         if key is None:
-            self.dropped += 1
-            return False
+            return self._drop("payload_type")
         if self.ssrcs and ssrc not in self.ssrcs:
-            self.dropped += 1
-            self._onForeign(self, ssrc)
-            return False
+            self._onStale(self, ssrc)
+            return self._drop("foreign_ssrc")
         now = self._now()
         newSource = ssrc != self.ssrc
+        if ((newSource or key != self.key) and self.ssrc is not None
+                and now - self.switchTime < SOURCE_SWITCH_INTERVAL):
+            # Each change rebases or remaps every output: at most one per
+            # interval (a publisher cycling SSRCs or codecs, docs/reliability.md).
+            if ssrc not in self.sources:
+                self._onStale(self, ssrc)
+            return self._drop("source_churn")
+        if newSource or key != self.key:
+            self.switchTime = now
+            self.sourceChanges += 1
         if newSource:
+            self._remember(ssrc)
             self.ssrc = ssrc
             self.baseSeq = seq
             self.maxSeq = seq
@@ -407,6 +345,14 @@ class InStream:
             self.available = True
             self._onAvailable(self, True)
         return True
+
+    def _remember(self, ssrc: int) -> None:
+        """Keep the last L{MAX_SOURCES} sources; free the libsrtp state of older ones."""
+        if ssrc in self.sources:
+            self.sources.remove(ssrc)
+        self.sources.append(ssrc)
+        while len(self.sources) > MAX_SOURCES:
+            self._onStale(self, self.sources.pop(0))
 
     def _rebase(self, seq: int, ts: int, now: float) -> None:
         """Continue every output's numbering from what it last sent."""
@@ -472,14 +418,18 @@ class InStream:
         now = self._now()
         elapsed = now - self.refLocal
         rtp = (self.refRtp + int(elapsed * self.clockRate) + out.tsDelta) & 0xFFFFFFFF
-        return (ntpTime(self.refNtp + elapsed), rtp, self.fwdIn - out.basePackets,
-                self.fwdInOctets - out.baseOctets)
+        return (ntpTime(self.refNtp + elapsed), rtp, self.acceptedPackets - out.basePackets,
+                self.acceptedOctets - out.baseOctets)
 
-    def retransmit(self, out: OutStream, sequenceNumbers) -> int:
+    def retransmit(self, out: OutStream, sequenceNumbers,
+                   mayResend: Callable[[int, int], bool] | None = None) -> int:
         """
         Answer a subscriber's NACK from the ring: as RTX when the subscriber
         negotiated it, else the packet again.
 
+        @param mayResend: asked C{(sequenceNumber, size)} before each packet
+            goes out (the NACK budget, L{ahoyconference.media.rtcp}); C{False}
+            skips it.
         @return: how many packets were sent.
         """
         if self.ring is None or out.seqDelta is None or not self.enabled or out.pt < 0:
@@ -493,12 +443,15 @@ class InStream:
             b0, b1, seq, ts, ssrc = _header(data)
             if seq != inSeq or ssrc != self.ssrc:
                 continue
+            rtx = out.rtxPt is not None and out.rtxSsrc is not None
+            if mayResend is not None and not mayResend(outSeq & 0xFFFF, len(data) + 2 * rtx):
+                continue
             b = bytearray(data)
             outTs = (ts + out.tsDelta) & 0xFFFFFFFF
             midOffset, _ = findExtensions(data, self.midId, 0)
             if midOffset:
                 b[midOffset] = out.mid
-            if out.rtxPt is not None and out.rtxSsrc is not None:
+            if rtx:
                 _rewrite(b, 1, (b1 & 0x80) | out.rtxPt, out.rtxSeq, outTs, out.rtxSsrc)
                 out.rtxSeq = (out.rtxSeq + 1) & 0xFFFF
                 length = headerLength(data)
@@ -508,9 +461,9 @@ class InStream:
                 packet = bytes(b)
             try:
                 out.sendto(out.protect(packet), out.addr)
-            except Exception:
+            except Exception as e:
                 out.errors += 1
+                self._faults.error("retransmit", e)
                 continue
             sent += 1
-        out.retransmitted += sent
         return sent

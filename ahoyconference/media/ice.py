@@ -1,23 +1,25 @@
-# -*- test-case-name: tests.test_media_hooks -*-
+# -*- test-case-name: tests.test_ice -*-
 """
-The C{[ice]} settings applied to aiortc and aioice (design.md 6).
+The C{[ice]} settings as aiortc and aioice take them (docs/architecture.md).
 
  - L{rtcConfiguration}: always an explicit C{RTCConfiguration} whose
    C{iceServers} come from the config (none by default: aiortc would
    otherwise ask a public STUN server), with max-bundle.
- - L{installHostAddresses}: C{host_addresses} applied by wrapping
-   C{aioice.ice.get_host_addresses} (a private API; tests.test_media_hooks
-   fails loudly if it moves).  aioice skips loopback when it gathers, which
-   is why tests need this to use 127.0.0.1.
- - L{installConsentTiming}: ICE consent (RFC 7675) expires within 30 s.
+ - C{host_addresses} is applied by L{ahoyconference.media.hooks.installHostAddresses}
+   (aioice skips loopback when it gathers, which is why tests need it to use
+   127.0.0.1).
+ - L{isLoopback}: which connectivity checks a loopback-only server answers.
+ - L{RemoteNetworks}: C{allowed_remote_networks}, the remote addresses the
+   server may send STUN and media to (remote candidates outside are dropped
+   from answers, connectivity checks from outside are ignored).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Iterable
 
-import aioice.ice
+import ifaddr
 from aiortc import RTCConfiguration, RTCIceServer
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
@@ -43,107 +45,106 @@ def rtcConfiguration(settings: IceSettings) -> RTCConfiguration:
     )
 
 
-_stack: list[tuple[str, ...]] = []
-_original: Callable | None = None
-
-
-def _hostAddresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    if not _stack:
-        return _original(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
-    result = []
-    for address in _stack[-1]:
-        version = ipaddress.ip_address(address).version
-        if (version == 4 and use_ipv4) or (version == 6 and use_ipv6):
-            result.append(address)
-    return result
-
-
-#: ICE consent freshness (RFC 7675, docs/operations.md "A member whose network
-#: goes away"): a check every CONSENT_INTERVAL x (0.8 to 1.2) seconds, each
-#: waiting 0.5 s for its answer; CONSENT_FAILURES unanswered in a row end the
-#: peer connection.  At most 5 x (4.8 + 0.5) = 26.5 s after the last answer,
-#: within RFC 7675's 30 s; aioice's own 5 s x 6 took 32 s in tests.test_netbed.
-CONSENT_INTERVAL = 4.0
-CONSENT_FAILURES = 5
-
-
-def installConsentTiming() -> None:
-    """
-    Set aioice's consent timing (module globals that
-    C{aioice.ice.Connection.query_consent} reads on every round;
-    tests.test_media_hooks fails loudly if they move).  For the whole
-    process, idempotent.
-    """
-    aioice.ice.CONSENT_INTERVAL = CONSENT_INTERVAL
-    aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
-
-
-def installHostAddresses(addresses: tuple[str, ...]) -> Callable[[], None]:
-    """
-    Make aioice gather host candidates on exactly these addresses.
-
-    The wrapper stays installed while any caller needs it; the newest
-    caller's addresses apply.  An empty tuple changes nothing.
-
-    @return: a function that undoes this call.
-    """
-    global _original
-    if not addresses:
-        return lambda: None
-    for address in addresses:
-        ipaddress.ip_address(address)  # ValueError for a typo, at start-up
-    if aioice.ice.get_host_addresses is not _hostAddresses:
-        _original = aioice.ice.get_host_addresses
-        aioice.ice.get_host_addresses = _hostAddresses
-    entry = tuple(addresses)
-    _stack.append(entry)
-    done = []
-
-    def uninstall() -> None:
-        if done:
-            return
-        done.append(True)
-        _stack.remove(entry)
-        if not _stack and aioice.ice.get_host_addresses is _hostAddresses:
-            aioice.ice.get_host_addresses = _original
-
-    return uninstall
-
-
 def onlyLoopback(addresses: tuple[str, ...]) -> bool:
     """Are we gathering on loopback addresses only?"""
     return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
 
 
-def ignoreNonLoopbackPeers(pc) -> int:
+def isLoopback(address: str) -> bool:
     """
-    Make the ICE agent of C{pc} ignore connectivity checks from addresses
-    that are not loopback.
-
-    A server that gathers on loopback only (tests, benches, a server behind a
-    local proxy) must not learn a peer-reflexive address elsewhere: Chromium
-    happily pairs its socket on the machine's other address with our
-    127.0.0.1 candidate, and we would then send media to that address.  Call
-    after C{setLocalDescription} (the agents exist then).
-
-    @return: the number of ICE agents guarded (1 with max-bundle).
+    Is C{address} a loopback address?  A server that gathers on loopback
+    only (tests, benches, a server behind a local proxy) must not learn a
+    peer-reflexive address elsewhere: Chromium happily pairs its socket on
+    the machine's other address with our 127.0.0.1 candidate, and we would
+    then send media to that address.
     """
-    guarded = 0
-    for transceiver in pc.getTransceivers():
-        connection = transceiver.receiver.transport.transport._connection
-        if getattr(connection, "_ahoyGuarded", False):
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+PUBLIC = "public"
+"""In C{allowed_remote_networks}: every globally routed unicast address."""
+
+LOCAL = "local"
+"""In C{allowed_remote_networks}: the networks of the addresses we gather on."""
+
+DEFAULT_ALLOWED = (PUBLIC, LOCAL)
+"""The default: the Internet, and the server's own subnets (a LAN works)."""
+
+
+def parseNetworks(entries: Iterable[str]) -> list:
+    """
+    Check C{allowed_remote_networks} entries: C{"public"}, C{"local"} or a
+    network in CIDR notation (C{"10.0.0.0/8"}, C{"fd00::/8"}).
+
+    @return: the CIDR entries as C{ipaddress} networks.
+    @raise ValueError: an entry is none of these.
+    """
+    networks = []
+    for entry in entries:
+        if entry in (PUBLIC, LOCAL):
             continue
-        original = connection.request_received
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not 'public', 'local' or a network like 10.0.0.0/8")
+    return networks
 
-        def requestReceived(message, addr, *args, _original=original, **kwargs):
+
+def interfaceNetworks(hostAddresses: tuple[str, ...] = ()) -> list:
+    """
+    The networks (address and prefix) of this machine's interfaces that
+    carry C{hostAddresses}, or of every non-loopback interface when there are
+    none (aioice's default).
+    """
+    wanted = {ipaddress.ip_address(a) for a in hostAddresses}
+    networks = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            address = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
             try:
-                if not ipaddress.ip_address(addr[0]).is_loopback:
-                    return None
+                parsed = ipaddress.ip_address(address)
             except ValueError:
-                return None
-            return _original(message, addr, *args, **kwargs)
+                continue
+            if wanted and parsed not in wanted:
+                continue
+            if not wanted and (parsed.is_loopback or parsed.is_link_local):
+                continue
+            networks.append(ipaddress.ip_network(f"{address}/{ip.network_prefix}", strict=False))
+    for address in wanted:  # configured, but on no interface (tests, containers): itself
+        if not any(address in n for n in networks):
+            networks.append(ipaddress.ip_network(address))
+    return networks
 
-        connection.request_received = requestReceived
-        connection._ahoyGuarded = True
-        guarded += 1
-    return guarded
+
+class RemoteNetworks:
+    """
+    Which remote addresses the server may send STUN and media to.
+
+    @param settings: the C{[ice]} settings (C{allowed_remote_networks},
+        C{host_addresses}).
+    @param local: the networks C{"local"} stands for (default: those of our
+        interfaces, L{interfaceNetworks}).
+    """
+
+    def __init__(self, settings: IceSettings, local: list | None = None):
+        entries = tuple(settings.allowed_remote_networks)
+        self._public = PUBLIC in entries
+        self._networks = parseNetworks(entries)
+        if LOCAL in entries:
+            self._networks += (local if local is not None
+                               else interfaceNetworks(tuple(settings.host_addresses)))
+
+    def allowed(self, address: str) -> bool:
+        """May we send to C{address}?  (Names and malformed addresses: no.)"""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if self._public and ip.is_global:
+            return True
+        return any(ip in network for network in self._networks)

@@ -24,10 +24,9 @@ import re
 from dataclasses import dataclass, field
 
 from aiortc import sdp as aiosdp
-from aiortc.codecs import is_rtx
-from aiortc.rtcpeerconnection import is_codec_compatible
 
 from ahoyconference.interfaces import ProtocolError
+from ahoyconference.media.hooks import isCodecCompatible, isRtx
 
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -224,17 +223,26 @@ def _reachable(hostAddresses: tuple[str, ...]):
 
 
 def usableCandidates(sdp: str, hostAddresses: tuple[str, ...],
-                     limit: int = MAX_REMOTE_CANDIDATES) -> tuple[str, int]:
+                     limit: int = MAX_REMOTE_CANDIDATES, allowed=None) -> tuple[str, int]:
     """
     Drop the remote candidates of an answer that the server must not use:
     those our host addresses cannot reach or must not send to (see
-    L{_reachable}), those with a bad port, and every one past C{limit} in an
-    m-section.  Connectivity checks from the client still reveal its real
-    address (peer-reflexive), as with browsers' mDNS candidates.
+    L{_reachable}), those outside the allowed remote networks (C{allowed},
+    a test of an address, L{ahoyconference.media.ice.RemoteNetworks}), those
+    with a bad port, and every one past C{limit} in an m-section.
+    Connectivity checks from the client still reveal its real address
+    (peer-reflexive), as with browsers' mDNS candidates; they are subject
+    to the same networks (L{ahoyconference.media.hooks.guardChecks}).
 
     @return: the SDP and how many candidates were dropped.
     """
-    reachable = _reachable(tuple(hostAddresses))
+    reachableAddress = _reachable(tuple(hostAddresses))
+    if allowed is None:
+        reachable = reachableAddress
+    else:
+        def reachable(address: str) -> bool:
+            return reachableAddress(address) and allowed(address)
+
     out = []
     kept = dropped = 0
     for line in sdp.splitlines():  # as aiortc's parser splits, so nothing slips through
@@ -297,10 +305,10 @@ def checkAnswer(offer: str, answer: object, side: str) -> list[NegotiatedMedia]:
         media = NegotiatedMedia(kind=theirs.kind, mid=theirs.rtp.muxId, direction=direction)
         base = {}
         for codec in theirs.rtp.codecs:
-            if is_rtx(codec):
+            if isRtx(codec):
                 continue
             mine = next((c for c in ours.rtp.codecs
-                         if not is_rtx(c) and is_codec_compatible(c, codec)), None)
+                         if not isRtx(c) and isCodecCompatible(c, codec)), None)
             if mine is not None:
                 media.codecs[codec.payloadType] = codecKey(mine)
                 media.clockRates[codec.payloadType] = codec.clockRate
@@ -308,7 +316,7 @@ def checkAnswer(offer: str, answer: object, side: str) -> list[NegotiatedMedia]:
         if not media.codecs:
             _refuse(f"{what}: no codec in common with the offer")
         for codec in theirs.rtp.codecs:
-            apt = codec.parameters.get("apt") if is_rtx(codec) else None
+            apt = codec.parameters.get("apt") if isRtx(codec) else None
             if isinstance(apt, int) and apt in base:
                 media.rtx[apt] = codec.payloadType
         offeredUris = {e.uri for e in ours.rtp.headerExtensions}

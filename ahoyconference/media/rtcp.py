@@ -1,0 +1,295 @@
+# -*- test-case-name: tests.test_media_engine -*-
+"""
+RTCP policy of the media engine (docs/architecture.md, "RTCP").
+
+ - Keyframes: a subscriber's PLI/FIR, a new subscriber and a new source
+   become one PLI to the publisher, at most one per C{pliInterval}; the
+   requests in between are merged into one sent when the interval is over.
+ - Bitrate: the publisher gets a REMB of its subscribers' estimates, never
+   above its cap, never below L{REMB_FLOOR}, the lowest tenth ignored from
+   five subscribers on (L{RtcpPolicy.bitrateFor}), with our receiver reports.
+ - Sender reports to subscribers carry the publisher's clock mapped into
+   each subscriber's timestamps (L{RtcpPolicy.fillSenderReports}).
+ - NACKs from subscribers are answered from the stream's ring, within a
+   budget per subscriber (L{RetransmitBudget}): a share of what it receives
+   plus a floor, and never the same packet twice within
+   L{NACK_REPEAT_WINDOW}.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSenderInfo,
+    RtcpSrPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
+)
+
+from ahoyconference.media import hooks
+from ahoyconference.media.peers import Publisher, PublisherConnection, Subscription
+
+REMB_FRESH = 5.0
+"""Seconds a subscriber's REMB counts for the publisher's bitrate."""
+REMB_FLOOR = 150_000
+"""bit/s: a subscriber's estimate below this does not lower the publisher's REMB."""
+REMB_OUTLIER_SUBSCRIBERS = 5
+"""From this many fresh estimates on, the lowest tenth (at least one) is ignored."""
+MAX_NACKED = 64
+"""Sequence numbers answered per NACK packet (browsers NACK a handful)."""
+NACK_SHARE = 0.25
+"""Retransmitted bytes per subscriber: at most this share of what it receives…"""
+NACK_FLOOR = 16_000
+"""… plus this many bytes per second (about 13 packets of 1,200 bytes)…"""
+NACK_BURST = 64 * 1024
+"""… of which at most this many bytes may be saved up while nothing is lost."""
+NACK_REPEAT_WINDOW = 0.1
+"""Seconds within which a repeated NACK of the same packet is ignored (about an RTT)."""
+
+
+class RetransmitBudget:
+    """
+    What one subscriber may have retransmitted: a token bucket filled with
+    L{NACK_FLOOR} bytes per second plus L{NACK_SHARE} of the payload bytes
+    forwarded to it, holding at most L{NACK_BURST}; and the time each
+    sequence number was last resent, so that a repeat within
+    L{NACK_REPEAT_WINDOW} is ignored.
+
+    Over any T seconds a subscriber so gets at most
+    C{NACK_BURST + NACK_FLOOR * T + NACK_SHARE * received} bytes resent,
+    however many NACKs it sends.
+    """
+
+    def __init__(self, now: float, received: int):
+        self.tokens = float(NACK_BURST)
+        self.time = now
+        self.received = received
+        self.spent = 0
+        self.refused: Counter = Counter()
+        self._resent = [-1.0] * 1024
+        self._resentSeq = [-1] * 1024
+
+    def refill(self, now: float, received: int) -> None:
+        """Add what C{now} and the bytes C{received} so far earn."""
+        gained = NACK_FLOOR * max(0.0, now - self.time) + NACK_SHARE * max(0, received - self.received)
+        self.tokens = min(float(NACK_BURST), self.tokens + gained)
+        self.time = now
+        self.received = max(self.received, received)
+
+    def mayResend(self, now: float, seq: int, size: int) -> bool:
+        """Take C{size} bytes for C{seq}, unless it was resent just now or the budget is spent."""
+        slot = seq & 1023
+        if self._resentSeq[slot] == seq and now - self._resent[slot] < NACK_REPEAT_WINDOW:
+            self.refused["repeat"] += 1
+            return False
+        if self.tokens < size:
+            self.refused["budget"] += 1
+            return False
+        self.tokens -= size
+        self.spent += size
+        self._resent[slot] = now
+        self._resentSeq[slot] = seq
+        return True
+
+
+class RtcpPolicy:
+    """
+    What the engine sends and answers in RTCP.
+
+    It reads the engine's tables (it never changes them): C{publishers}
+    (memberID → L{Publisher}), C{streams} ((memberID, kind) → L{InStream}) and
+    C{subscriptionsOf(publisherID)}.
+    """
+
+    def __init__(self, clock, publishers: dict, streams: dict,
+                 subscriptionsOf: Callable[[str], list], counters: Counter,
+                 onDropped: Callable[[str], None], pliInterval: float = 0.3):
+        self._clock = clock
+        self._now = clock.seconds
+        self._publishers = publishers
+        self._streams = streams
+        self._subscriptionsOf = subscriptionsOf
+        self._counters = counters
+        self._onDropped = onDropped
+        self._pliInterval = pliInterval
+
+    # -- to publishers -----------------------------------------------------
+
+    def requestKeyframe(self, publisherID: str) -> None:
+        """
+        Ask the publisher for a keyframe (PLI), at most once per
+        C{pliInterval}: requests in between are merged into one sent when
+        the interval is over.
+        """
+        pub = self._publishers.get(publisherID)
+        if pub is None or pub.pliTimer is not None:
+            return
+        wait = pub.lastPli + self._pliInterval - self._now()
+        if wait <= 0:
+            self._sendPli(pub)
+        else:
+            def fire():
+                pub.pliTimer = None
+                self._sendPli(pub)
+
+            pub.pliTimer = self._clock.callLater(wait, fire)
+
+    def _sendPli(self, pub: Publisher) -> None:
+        conn = pub.current
+        stream = self._streams.get((pub.memberID, "video"))
+        if conn is None or not conn.hooked or stream is None or stream.ssrc is None:
+            return
+        packet = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=conn.rtcpSsrc, media_ssrc=stream.ssrc)
+        if hooks.sendRtcp(conn.dtls, bytes(packet)):
+            pub.lastPli = self._now()
+            self._counters["keyframe_requests"] += 1
+
+    def bitrateFor(self, publisherID: str) -> int:
+        """
+        The REMB for a publisher in bit/s (docs/architecture.md, "RTCP"):
+        the smallest fresh estimate of its video subscribers, ignoring the
+        lowest tenth (at least one) once there are L{REMB_OUTLIER_SUBSCRIBERS},
+        never below L{REMB_FLOOR} and never above the publisher's cap.  One
+        subscriber on a bad link (or lying) cannot throttle a room; below the
+        floor it sees loss instead.
+        """
+        pub = self._publishers.get(publisherID)
+        cap = (pub.cap if pub is not None else 500) * 1000
+        now = self._now()
+        estimates = sorted(sub.remb for sub in self._subscriptionsOf(publisherID)
+                           if sub.remb is not None and "video" in sub.outs
+                           and now - sub.rembTime <= REMB_FRESH)
+        if len(estimates) >= REMB_OUTLIER_SUBSCRIBERS:
+            estimates = estimates[max(1, len(estimates) // 10):]
+        if not estimates:
+            return cap
+        return min(cap, max(REMB_FLOOR, estimates[0]))
+
+    def sendReports(self, pub: Publisher) -> None:
+        """Our receiver reports, and the REMB, to a publisher."""
+        conn = pub.current
+        if conn is None or not conn.hooked:
+            return
+        reports = []
+        for kind in conn.kinds:
+            stream = self._streams.get((pub.memberID, kind))
+            info = stream.receiverInfo() if stream is not None else None
+            if info is not None:
+                reports.append(info)
+        data = bytes(RtcpRrPacket(ssrc=conn.rtcpSsrc, reports=reports))
+        video = self._streams.get((pub.memberID, "video"))
+        if "video" in conn.kinds and video is not None and video.ssrc is not None:
+            remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=conn.rtcpSsrc, media_ssrc=0,
+                                  fci=pack_remb_fci(self.bitrateFor(pub.memberID), [video.ssrc]))
+            data += bytes(remb)
+            self._counters["remb_sent"] += 1
+        hooks.sendRtcp(conn.dtls, data)
+
+    def reportSoon(self, pub: Publisher) -> None:
+        """Send our reports (and the REMB) to the publisher on the next turn."""
+        if pub.reportCall is not None:
+            return
+
+        def report():
+            pub.reportCall = None
+            self.sendReports(pub)
+
+        pub.reportCall = self._clock.callLater(0, report)
+
+    def cancel(self, pub: Publisher) -> None:
+        """Cancel the publisher's pending PLI and report."""
+        for call in (pub.pliTimer, pub.reportCall):
+            if call is not None and call.active():
+                call.cancel()
+        pub.pliTimer = pub.reportCall = None
+
+    def publisherRtcp(self, conn: PublisherConnection, data: bytes) -> None:
+        """A publisher's decrypted compound RTCP: its sender reports set the clock mapping."""
+        try:
+            packets = RtcpPacket.parse(data)
+        except ValueError:
+            self._onDropped("rtcp")
+            return
+        for packet in packets:
+            if isinstance(packet, RtcpSrPacket):
+                info = packet.sender_info
+                for kind in conn.kinds:
+                    stream = self._streams.get((conn.memberID, kind))
+                    if stream is not None:
+                        stream.senderReport(packet.ssrc, info.ntp_timestamp, info.rtp_timestamp)
+
+    # -- to and from subscribers -------------------------------------------
+
+    def fillSenderReports(self, sub: Subscription, kind: str, sender) -> None:
+        """
+        Fill the sender reports of a subscription's sender as they go out,
+        with the publisher's clock carried into this subscriber's
+        timestamps; no report before anything was sent.
+        """
+
+        def fill(packet: RtcpSrPacket) -> bool:
+            out = sub.outs.get(kind)
+            stream = self._streams.get((sub.publisherID, kind))
+            info = stream.senderInfo(out) if out is not None and stream is not None else None
+            if info is None:
+                return False
+            ntp, rtp, count, octets = info
+            packet.sender_info = RtcpSenderInfo(
+                ntp_timestamp=ntp, rtp_timestamp=rtp, packet_count=count & 0xFFFFFFFF,
+                octet_count=octets & 0xFFFFFFFF)
+            return True
+
+        hooks.fillSenderReports(sender, fill)
+
+    def subscriberRtcp(self, sub: Subscription, data: bytes) -> None:
+        """A subscriber's decrypted compound RTCP: PLI/FIR, REMB, NACK."""
+        try:
+            packets = RtcpPacket.parse(data)
+        except ValueError:
+            self._onDropped("rtcp")
+            return
+        for packet in packets:
+            if isinstance(packet, RtcpPsfbPacket):
+                if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                    if "video" in sub.outs:
+                        self._counters["keyframe_requests_received"] += 1
+                        self.requestKeyframe(sub.publisherID)
+                elif packet.fmt == RTCP_PSFB_APP:
+                    try:
+                        bitrate, _ = unpack_remb_fci(packet.fci)
+                    except ValueError:
+                        continue
+                    sub.remb = bitrate
+                    sub.rembTime = self._now()
+            elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                self._nack(sub, packet)
+
+    def _nack(self, sub: Subscription, packet: RtcpRtpfbPacket) -> None:
+        out = sub.outs.get("video")
+        stream = self._streams.get((sub.publisherID, "video"))
+        if out is None or stream is None or packet.media_ssrc != out.ssrc:
+            return
+        self._counters["nacks_received"] += 1
+        now = self._now()
+        received = stream.acceptedOctets - out.baseOctets
+        budget = sub.retransmitBudget
+        if budget is None:
+            budget = sub.retransmitBudget = RetransmitBudget(now, received)
+        budget.refill(now, received)
+        before = Counter(budget.refused)
+        lost = packet.lost[-MAX_NACKED:]  # one NACK must not cost a ring's worth
+        sent = stream.retransmit(out, [s & 0xFFFF for s in lost],
+                                 lambda seq, size: budget.mayResend(now, seq, size))
+        self._counters["retransmitted_packets"] += sent
+        for reason, count in (budget.refused - before).items():
+            self._counters[f"retransmissions_refused_{reason}"] += count
