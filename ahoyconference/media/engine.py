@@ -964,6 +964,11 @@ class AiortcMediaEngine:
         for detector in list(self._detectors.values()):
             detector.idle(now)
 
+    def peerConnections(self, memberID=None):
+        """Open peer connections, of the server or of one member (L{IMediaEngine})."""
+        return sum(1 for p in self._peers if memberID in (
+            None, getattr(p, "memberID", None), getattr(p, "subscriberID", None)))
+
     def stats(self):
         """Counters for /metrics (see L{IMediaEngine.stats}), plus a few more."""
         forwarded = self._retired["forwarded_packets"]
