@@ -197,13 +197,18 @@ class ConferenceProtocol(WebSocketServerProtocol):
     def overloaded(self, reason: str) -> None:
         """
         Drop a client that queued more than its hard bound: a close frame
-        with L{CLOSE_OVERLOADED}, then the TCP connection closes (without
-        waiting for the client's close frame; reading is paused).
+        with L{CLOSE_OVERLOADED}.  Reading goes on (the session runs none of
+        what arrives) so that the client's close frame is read, and the
+        close handshake timeout drops a client that never sends it; closing
+        with unread bytes would reset the connection before the client read
+        our close frame.
         """
         if self.state == self.STATE_OPEN:
             self.sendCloseFrame(code=CLOSE_OVERLOADED, reasonUtf8=reason.encode("utf-8")[:120],
                                 isReply=False)
-        self.dropConnection(abort=False)
+            self.resumeReading()
+        else:
+            self.dropConnection(abort=True)
 
     def sendBytes(self, data: bytes) -> None:
         """Send one text frame; drop a reader that is too far behind."""

@@ -378,15 +378,15 @@ class Session:
     def request_media(self, params):
         """1.4 and 4.6: subscribe to other members' media."""
         member = self.member
-        conf = member.conference
-        if len(params["members"]) > len(conf.members):
-            # Each entry may cost a peer connection: no more than the room has.
-            raise ProtocolError(400, detail="more members entries than the conference has members")
         yield self.service.allowed(member, Action.SUBSCRIBE)
-        if member.conference is not conf:
+        conf = member.conference
+        if conf is None:
             raise ProtocolError(409)
         last = {e["memberID"]: e for e in params["members"]}  # the last entry for a member wins
         entries = [(conf.member(mid), e) for mid, e in last.items()]
+        if len(params["members"]) > len(conf.members):
+            # Each entry may cost a peer connection: no more than the room has.
+            raise ProtocolError(400, detail="more members entries than the conference has members")
         self._checkPeerConnections(member, sum(
             1 for publisher, e in entries
             if publisher is not member and (e["audio"] or e["video"])
