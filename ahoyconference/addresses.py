@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_deploy -*-
 """
-Client addresses as deployments see them (docs/operations.md, "Reverse
-proxies and shared addresses"):
+Client addresses as deployments see them (docs/operations.md, "Behind a
+reverse proxy" and "Shared addresses"):
 
  - L{clientAddress}: the client's address, read from C{X-Forwarded-For} or
    C{Forwarded} only when the TCP peer is a configured trusted proxy.
