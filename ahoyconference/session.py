@@ -37,8 +37,10 @@ class Session:
     """
     One client connection.
 
-    @param transport: has C{sendBytes(data)} (one text frame) and
-        C{close(code, reason)}.
+    @param transport: has C{sendBytes(data)} (one text frame),
+        C{close(code, reason)}, C{pauseReading()} and C{resumeReading()}
+        (the session's queue is over, then under, its soft bound) and
+        C{overloaded(reason)} (over its hard bound: close with 1008).
     @ivar member: the L{Member} while joined, else C{None}.
     """
 

@@ -205,3 +205,18 @@ class AddressTrustingPolicyTests(unittest.TestCase):
         self.assertEqual(service.config.allowed_origins, ("https://intranet.example",))
         self.assertTrue(any("allowed_origins" in line and "reload failed" in line
                             for line in LOGLINES[start:]))
+
+    def test_allowlistTrustsAddresses(self):
+        """The allowlist policy says it trusts addresses; the password policy does not."""
+        from twisted.internet import reactor
+        from zope.interface.verify import verifyObject
+
+        from ahoyconference.interfaces import IAddressTrustingPolicy
+        from ahoyconference.policy import PasswordPolicy, checkOrigins
+
+        policy = allowlistPolicyPlugin.makePolicy({"join_networks": ["10.0.0.0/8"]}, reactor)
+        self.assertTrue(verifyObject(IAddressTrustingPolicy, policy))
+        self.assertFalse(IAddressTrustingPolicy.providedBy(PasswordPolicy()))
+        checkOrigins(PasswordPolicy(), ("*",))
+        checkOrigins(policy, ("https://intranet.example",))
+        self.assertRaises(ValueError, checkOrigins, policy, ("*",))
