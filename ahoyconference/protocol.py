@@ -35,7 +35,8 @@ CLOSE_OVERLOADED = 1008
 _DEFAULT_PORTS = {"http": "80", "ws": "80", "https": "443", "wss": "443"}
 
 
-def originAllowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
+def originAllowed(origin: str | None, host: str | None, allowed: tuple[str, ...],
+                  anyPort: bool = False) -> bool:
     """
     May a page of this Origin open a WebSocket (docs/operations.md, "Origins")?
 
@@ -44,6 +45,10 @@ def originAllowed(origin: str | None, host: str | None, allowed: tuple[str, ...]
     then use the server as that user).  Otherwise the Origin must be in the
     list or be the server's own: an http/https/ws/wss Origin whose host
     (and port) is the request's C{Host}.
+
+    @param anyPort: in a cluster (docs/cluster.md) the nodes of one machine
+        differ by port, and a page of one node follows a 302 to another:
+        the Origin's host name alone must be the C{Host}'s.
     """
     if origin is None or "*" in allowed or origin in allowed:
         return True
@@ -64,7 +69,16 @@ def originAllowed(origin: str | None, host: str | None, allowed: tuple[str, ...]
     host = host.strip().lower()
     if host.endswith(":" + default) and not host.endswith("]"):
         host = host[: -len(default) - 1]
+    if anyPort:
+        return _hostname(mine) == _hostname(host)
     return mine == host
+
+
+def _hostname(netloc: str) -> str:
+    """C{host:port} or C{[v6]:port} without the port."""
+    if netloc.startswith("["):
+        return netloc.split("]", 1)[0] + "]"
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
 
 
 @implementer(IPushProducer)
@@ -119,7 +133,8 @@ class ConferenceProtocol(WebSocketServerProtocol):
             ip = clientAddress(self._peerIP(), headers, config.trusted_proxies,
                                config.proxy_header)
             origin = headers.get("origin")
-            if not originAllowed(origin, headers.get("host"), config.allowed_origins):
+            if not originAllowed(origin, headers.get("host"), config.allowed_origins,
+                                 anyPort=config.cluster is not None):
                 factory.refusedConnection("origin", ip, "Origin {origin!r} not allowed",
                                           origin=origin)
                 raise ConnectionDeny(403, "Origin not allowed")

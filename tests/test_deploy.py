@@ -157,6 +157,18 @@ class OriginTests(APITestCase):
         self.assertEqual(await self.attempt(s, "https://evil.example"), 403)
 
     @asyncTest
+    async def test_clusterNodesOfOneHost(self):
+        """
+        In a cluster a page of one node follows a 302 to another node of the
+        same host (another port): the host name alone must match.
+        """
+        s = await self.server(config=testConfig(cluster={
+            "redis": "redis://127.0.0.1:1/0", "node_id": "a", "node_url": "ws://127.0.0.1:1/"}))
+        port = s.port.getHost().port
+        self.assertEqual(await self.attempt(s, f"http://127.0.0.1:{port + 1}"), 101)
+        self.assertEqual(await self.attempt(s, f"http://127.0.0.2:{port}"), 403)
+
+    @asyncTest
     async def test_starAllowsAny(self):
         s = await self.server(config=testConfig(allowed_origins=("*",)))
         self.assertEqual(await self.attempt(s, "https://evil.example"), 101)
