@@ -41,7 +41,18 @@ class IceSettings:
 
 @dataclass(frozen=True)
 class Limits:
-    """The C{[limits]} table: every bound the server enforces."""
+    """
+    The C{[limits]} table: every bound the server enforces (each key is
+    explained in C{conf/ahoyconference.toml}; 0 switches most off).  The
+    bounds of issue 14 (docs/reliability.md, "Attacks and bounds"):
+    C{max_queued_requests}/C{max_queued_bytes} (one connection's requests
+    waiting behind its slowest: reading pauses at half, 1008 at the whole),
+    C{max_peer_connections}/C{max_peer_connections_per_member} (503 beyond),
+    the per-connection request rates C{share_rate}, C{media_rate},
+    C{mute_rate}, C{description_rate}, C{lock_rate} (503 beyond), and
+    C{max_connections_per_ip}/C{max_conferences_per_client} counted per
+    client address (IPv6: per /64) with defaults for an office behind one NAT.
+    """
 
     max_conferences: int = 1000
     max_members: int = 5000
@@ -76,8 +87,11 @@ class Config:
     """The whole configuration, frozen."""
 
     ports: tuple[str, ...] = ()
+    #: Origins allowed besides the server's own; C{"*"} is any (unsafe).
     allowed_origins: tuple[str, ...] = ()
+    #: Peers whose C{proxy_header} names the client (docs/operations.md).
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: C{x-forwarded-for} or C{forwarded} (RFC 7239): the header they write.
     proxy_header: str = "x-forwarded-for"
     ip_to_everyone: bool = False
     limits: Limits = field(default_factory=Limits)
