@@ -389,10 +389,11 @@ class Session:
         if len(params["members"]) > len(conf.members):
             # Each entry may cost a peer connection: no more than the room has.
             raise ProtocolError(400, detail="more members entries than the conference has members")
+        engine = self.service.engine
         self._checkPeerConnections(member, sum(
             1 for publisher, e in entries
-            if publisher is not member and (e["audio"] or e["video"])
-            and publisher.memberID not in self._subscribedTo))
+            if publisher is not member and publisher.memberID not in self._subscribedTo
+            and any(e[kind] and engine.isPublishing(publisher.memberID, kind) for kind in KINDS)))
         return {}, lambda: self._subscribeAll(member, entries)
 
     def _checkPeerConnections(self, member: Member, new: int) -> None:
