@@ -232,3 +232,38 @@ class AddressTrustingPolicyTests(unittest.TestCase):
         checkOrigins(PasswordPolicy(), ("*",))
         checkOrigins(policy, ("https://intranet.example",))
         self.assertRaises(ValueError, checkOrigins, policy, ("*",))
+
+
+class AddressParsingTests(unittest.TestCase):
+    """L{clientAddress} and L{addressKey} on the header forms proxies write."""
+
+    proxies = parseConfig({"server": {"trusted_proxies": ["127.0.0.1", "10.0.0.0/8"]}}) \
+        .trusted_proxies
+
+    def test_chains(self):
+        from ahoyconference.addresses import clientAddress
+
+        def xff(value, peer="127.0.0.1"):
+            return clientAddress(peer, {"x-forwarded-for": value}, self.proxies)
+
+        self.assertEqual(xff("198.51.100.1"), "198.51.100.1")
+        # Two trusted hops, the client's forged entry first: the forged one loses.
+        self.assertEqual(xff("6.6.6.6, 198.51.100.1, 10.1.2.3"), "198.51.100.1")
+        self.assertEqual(xff("198.51.100.1:4711"), "198.51.100.1")
+        self.assertEqual(xff("unknown"), "127.0.0.1")  # no address: the proxy itself
+        self.assertEqual(xff("10.9.9.9"), "10.9.9.9")  # only trusted hops: the leftmost
+        self.assertEqual(xff("198.51.100.1", peer="192.0.2.1"), "192.0.2.1")  # not a proxy
+        self.assertEqual(clientAddress("127.0.0.1", {}, self.proxies), "127.0.0.1")
+        fwd = {"forwarded": 'for=6.6.6.6, for="[2001:db8::5]:80";proto=https;by=10.0.0.1'}
+        self.assertEqual(clientAddress("127.0.0.1", fwd, self.proxies, "forwarded"),
+                         "2001:db8::5")
+        self.assertEqual(clientAddress("127.0.0.1", fwd, self.proxies), "127.0.0.1")
+
+    def test_keys(self):
+        from ahoyconference.addresses import addressKey
+
+        self.assertEqual(addressKey("192.0.2.7"), "192.0.2.7")
+        self.assertEqual(addressKey("::ffff:192.0.2.7"), "192.0.2.7")
+        self.assertEqual(addressKey("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64")
+        self.assertEqual(addressKey("2001:db8:1:2::9"), "2001:db8:1:2::/64")
+        self.assertEqual(addressKey("not an address"), "not an address")
