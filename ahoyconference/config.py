@@ -49,7 +49,18 @@ class IceSettings:
 
 @dataclass(frozen=True)
 class Limits:
-    """The C{[limits]} table: every bound the server enforces."""
+    """
+    The C{[limits]} table: every bound the server enforces (each key is
+    explained in C{conf/ahoyconference.toml}; 0 switches most off).  The
+    bounds of issue 14 (docs/reliability.md, "Attacks and bounds"):
+    C{max_queued_requests}/C{max_queued_bytes} (one connection's requests
+    waiting behind its slowest: reading pauses at half, 1008 at the whole),
+    C{max_peer_connections}/C{max_peer_connections_per_member} (503 beyond),
+    the per-connection request rates C{share_rate}, C{media_rate},
+    C{mute_rate}, C{description_rate}, C{lock_rate} (503 beyond), and
+    C{max_connections_per_ip}/C{max_conferences_per_client} counted per
+    client address (IPv6: per /64) with defaults for an office behind one NAT.
+    """
 
     max_conferences: int = 1000
     max_members: int = 5000
@@ -62,10 +73,19 @@ class Limits:
     policy_timeout: float = 10.0
     ice_timeout: float = 30.0
     max_send_buffer_bytes: int = 4194304
-    max_connections_per_ip: int = 50
-    max_conferences_per_client: int = 10
+    max_queued_requests: int = 64
+    max_queued_bytes: int = 2097152
+    max_connections_per_ip: int = 1000
+    max_conferences_per_client: int = 200
+    max_peer_connections: int = 2000
+    max_peer_connections_per_member: int = 100
     join_rate: float = 5.0
     chat_rate: float = 20.0
+    share_rate: float = 2.0
+    media_rate: float = 20.0
+    mute_rate: float = 10.0
+    description_rate: float = 2.0
+    lock_rate: float = 2.0
     password_failures: int = 5
     password_backoff: float = 30.0
 
@@ -75,7 +95,12 @@ class Config:
     """The whole configuration, frozen."""
 
     ports: tuple[str, ...] = ()
+    #: Origins allowed besides the server's own; C{"*"} is any (unsafe).
     allowed_origins: tuple[str, ...] = ()
+    #: Peers whose C{proxy_header} names the client (docs/operations.md).
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: C{x-forwarded-for} or C{forwarded} (RFC 7239): the header they write.
+    proxy_header: str = "x-forwarded-for"
     ip_to_everyone: bool = False
     limits: Limits = field(default_factory=Limits)
     ice: IceSettings = field(default_factory=IceSettings)
@@ -118,6 +143,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "server": {
         "ports": ((list,), None),
         "allowed_origins": ((list,), None),
+        "trusted_proxies": ((list,), None),
+        "proxy_header": ((str,), None),
         "ip_to_everyone": ((bool,), None),
         "log_level": ((str,), None),
     },
@@ -183,6 +210,21 @@ def _strings(path, key, values) -> tuple[str, ...]:
         if not isinstance(v, str):
             _fail(path, key, f"every entry must be a string, not {v!r}")
     return tuple(values)
+
+
+#: The headers a trusted reverse proxy may name the client in ([server] proxy_header).
+PROXY_HEADERS = ("x-forwarded-for", "forwarded")
+
+
+def _networks(path, key, values) -> tuple:
+    """Addresses or networks (C{"10.0.0.1"}, C{"10.0.0.0/8"}, C{"::1"}) as networks."""
+    out = []
+    for v in _strings(path, key, values):
+        try:
+            out.append(ipaddress.ip_network(v, strict=False))
+        except ValueError:
+            _fail(path, key, f"{v!r} is not an IP address or network")
+    return tuple(out)
 
 
 def _room(path, index, room) -> ConferenceSettings:
@@ -308,6 +350,16 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
         except ValueError:
             _fail(path, "[ice] allowed_remote_networks",
                   f"{entry!r} is not 'public', 'local' or a network like 10.0.0.0/8")
+    if limitsTable.get("max_queued_bytes", 1) and (
+            limitsTable.get("max_queued_bytes", Limits.max_queued_bytes)
+            < limitsTable.get("max_message_bytes", Limits.max_message_bytes)):
+        _fail(path, "[limits] max_queued_bytes",
+              "must be 0 or at least max_message_bytes (one message must fit)")
+
+    proxyHeader = server.get("proxy_header", "x-forwarded-for").lower()
+    if proxyHeader not in PROXY_HEADERS:
+        _fail(path, "[server] proxy_header",
+              f"must be one of {', '.join(PROXY_HEADERS)}, not {proxyHeader!r}")
 
     logLevel = server.get("log_level", "info")
     if logLevel not in ("debug", "info", "warn", "error", "critical"):
@@ -334,6 +386,9 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
     return Config(
         ports=_strings(path, "[server] ports", server.get("ports", [])),
         allowed_origins=_strings(path, "[server] allowed_origins", server.get("allowed_origins", [])),
+        trusted_proxies=_networks(path, "[server] trusted_proxies",
+                                  server.get("trusted_proxies", [])),
+        proxy_header=proxyHeader,
         ip_to_everyone=server.get("ip_to_everyone", False),
         limits=Limits(**limitsTable),
         ice=IceSettings(

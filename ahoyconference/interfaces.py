@@ -109,6 +109,9 @@ class ConferenceSettings:
     Passwords of C{""} mean "not set".
     """
 
+    #: Shown as set or not by C{repr}/C{str}, never as they are.
+    SECRET_FIELDS = ("password", "listenerPassword", "moderatorPassword")
+
     conferenceID: str
     conferenceName: str
     description: str = ""
@@ -119,6 +122,15 @@ class ConferenceSettings:
     maxVideoBitrate: int | None = None
     timeLimit: int | None = None
     permanent: bool = False
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={('<set>' if value else '<none>')}" if name in self.SECRET_FIELDS
+            else f"{name}={value!r}"
+            for name, value in ((f, getattr(self, f)) for f in self.__dataclass_fields__))
+        return f"ConferenceSettings({fields})"
+
+    __str__ = __repr__
 
 
 class IConferencePolicy(Interface):
@@ -214,6 +226,15 @@ class IConferenceDirectory(Interface):
 
     def removed(conferenceID: str, permanent: bool):
         """This node no longer hosts the conference (it ended); C{None}."""
+
+
+class IAddressTrustingPolicy(IConferencePolicy):
+    """
+    A policy that decides by the client's address (as the C{allowlist}
+    plugin does).  A web page the user visits connects from the user's
+    address, so such a policy needs the Origin check: the server refuses to
+    start (or reload) it with C{[server] allowed_origins = ["*"]}.
+    """
 
 
 class IPolicyPlugin(IPlugin):
@@ -319,6 +340,13 @@ class IMediaEngine(Interface):
         subscription it has and every subscription to it.  The listener is
         told nothing of this member from here on, not even that its media
         stopped: the caller announces that itself.
+        """
+
+    def peerConnections(memberID: str | None = None) -> int:
+        """
+        How many peer connections are open: on the whole server, or (with
+        C{memberID}) those of this member, publishing and subscribing.  The
+        session checks the C{[limits]} caps with it before it asks for more.
         """
 
     def stats() -> dict:

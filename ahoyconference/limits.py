@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_limits -*-
 """
-Abuse limits with an injected clock: a token-bucket L{RateLimiter} (joins and
-chat per connection) and L{FailureBackoff} (wrong passwords per conference
-and client address).
+Abuse limits with an injected clock: a token-bucket L{RateLimiter} (joins,
+chat and the broadcasting or media requests, per connection) and
+L{FailureBackoff} (wrong passwords per conference and client address).
 """
 
 from __future__ import annotations
@@ -10,10 +10,26 @@ from __future__ import annotations
 from ahoyconference.interfaces import ProtocolError
 
 
+class RateLimited(ProtocolError):
+    """
+    503 because the client is over its own rate.  Only the first refusal of
+    an episode is logged (L{first}); the others are counted.
+
+    @ivar first: is this the first refusal since the client was last allowed?
+    """
+
+    def __init__(self, first: bool):
+        super().__init__(503, detail="rate limited")
+        self.first = first
+
+
 class RateLimiter:
     """
     A token bucket: C{rate} events per second on average, bursts of C{burst}.
     A rate of 0 means no limit.
+
+    @ivar limited: is the client in a refusal episode now?
+    @ivar refusals: refusals in the current (or the last) episode.
     """
 
     def __init__(self, clock, rate: float, burst: float | None = None):
@@ -23,6 +39,7 @@ class RateLimiter:
         self._tokens = self.burst
         self._last = clock.seconds()
         self.limited = False
+        self.refusals = 0
 
     def allow(self) -> bool:
         """Take one token; C{False} when none is left."""
@@ -38,17 +55,25 @@ class RateLimiter:
         self.limited = False
         return True
 
-    def check(self, onFirstRefusal=None) -> None:
+    def check(self, onFirstRefusal=None, onEpisodeEnd=None) -> None:
         """
         @param onFirstRefusal: called once when the rate is first exceeded
             (again only after an event was allowed): for one log line per episode.
-        @raise ProtocolError: 503 ("rate limited") when over the rate.
+        @param onEpisodeEnd: called with the number of refusals when an
+            event is allowed again after an episode.
+        @raise RateLimited: 503 ("rate limited") when over the rate.
         """
         wasLimited = self.limited
         if not self.allow():
-            if not wasLimited and onFirstRefusal is not None:
-                onFirstRefusal()
-            raise ProtocolError(503, "service unavailable", detail="rate limited")
+            first = not wasLimited
+            if first:
+                self.refusals = 0
+                if onFirstRefusal is not None:
+                    onFirstRefusal()
+            self.refusals += 1
+            raise RateLimited(first)
+        if wasLimited and onEpisodeEnd is not None:
+            onEpisodeEnd(self.refusals)
 
 
 class FailureBackoff:

@@ -106,6 +106,8 @@ class _Field:
                 raise ProtocolError(400, detail=f"{name} is too long")
             if self.low is not None and len(value) < self.low:
                 raise ProtocolError(400, detail=f"{name} is empty")
+            if not _isUnicode(value):
+                raise ProtocolError(400, detail=f"{name} holds a lone surrogate")
             return value
         if self.kind == "bool":
             # protocol.md 4.10: the original client sends flags as 0/1.
@@ -279,6 +281,30 @@ def parseParams(envelope: Envelope, limits: Limits) -> dict:
     return params
 
 
+def _isUnicode(text: str) -> bool:
+    """
+    Is this text encodable as UTF-8?  JSON may spell a lone UTF-16
+    surrogate (C{"\\ud800"}); Python decodes it into a C{str} that no
+    UTF-8 encoder, log file or WebSocket text frame accepts.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def encode(message: dict) -> bytes:
-    """One message as the UTF-8 JSON text of a frame."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """
+    One message as the UTF-8 JSON text of a frame.
+
+    A lone surrogate (from a client's C{transactionID} or C{messageType},
+    echoed back, protocol.md 4.1) cannot be UTF-8: such a message is sent
+    with JSON escapes (C{\\ud800}), which gives the client back exactly
+    the string it sent.
+    """
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(message, separators=(",", ":")).encode("ascii")

@@ -76,9 +76,28 @@ class ServiceCollector:
         for reason, count in sorted(service.counters.get("dropped", {}).items()):
             dropped.add_metric([reason], count)
         yield dropped
+        for name, help, label, key in _REFUSALS:
+            family = CounterMetricFamily(name, help, labels=[label])
+            for value, count in sorted(service.counters[key].items()):
+                family.add_metric([str(value)], count)
+            yield family
         directory = getattr(service, "directory", None)
         if directory is not None:
             yield from _clusterMetrics(directory)
+
+
+#: Counters of refusals and drops (docs/reliability.md): metric, help, label,
+#: and the key of C{ConferenceService.counters}.
+_REFUSALS = (
+    ("ahoy_refused_connections", "WebSocket handshakes refused, by reason "
+     "(origin, per_address).", "reason", "refused_connections"),
+    ("ahoy_rate_limited", "Requests refused (503) by the client's own rate limit, by request.",
+     "request", "rate_limited"),
+    ("ahoy_peer_connection_caps", "Requests refused (503) at a peer-connection cap, by scope "
+     "(server, member).", "scope", "peer_connection_caps"),
+    ("ahoy_backlog", "Per-connection request backlog: reading paused, connections dropped "
+     "over the bound, frames not run because their connection was gone.", "event", "backlog"),
+)
 
 
 def _clusterMetrics(directory):

@@ -56,6 +56,10 @@ class NoMediaEngine:
     def removeMember(self, memberID):
         """Nothing to free."""
 
+    def peerConnections(self, memberID=None):
+        """None."""
+        return 0
+
     def stats(self):
         """All zero."""
         return {"publishers": 0, "subscriptions": 0, "forwarded_packets": 0,

@@ -14,6 +14,7 @@ from ahoyconference.interfaces import (
     Action,
     ClientInfo,
     ConferenceSettings,
+    IAddressTrustingPolicy,
     IConferencePolicy,
     IPolicyPlugin,
     ProtocolError,
@@ -158,3 +159,18 @@ def loadPolicy(name: str, options: dict, reactor) -> IConferencePolicy:
     if policy is None:
         raise ValueError(f"the {name!r} policy plugin made {made!r}, not an IConferencePolicy")
     return policy
+
+
+def checkOrigins(policy: IConferencePolicy, allowedOrigins: tuple[str, ...]) -> None:
+    """
+    A policy that trusts client addresses (L{IAddressTrustingPolicy}) with
+    every Origin allowed would let any web page a user visits act from the
+    user's address (docs/operations.md, "Origins").
+
+    @raise ValueError: one line saying so, naming the key.
+    """
+    if "*" in allowedOrigins and IAddressTrustingPolicy.providedBy(policy):
+        raise ValueError(
+            f'[server] allowed_origins: "*" (any web page) cannot be used with the '
+            f"{policy.name!r} policy, which trusts client addresses; list the Origins "
+            f"of your pages instead")

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_protocol -*-
 """
 The WebSocket side: L{ConferenceProtocol} (Autobahn) does the handshake
-(subprotocol, Origin, per-address limit), bounds what it buffers for a slow
-reader, and hands every frame to its L{Session}.
+(subprotocol, Origin, client address, per-address limit), bounds what it
+buffers for a slow reader, pauses reading for its L{Session} when too much
+is queued, and hands every frame to the session.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from ahoyconference.addresses import addressKey, clientAddress
 from ahoyconference.interfaces import ClientInfo
 from ahoyconference.logs import logger
+from ahoyconference.origins import originAllowed
 from ahoyconference.session import Session
 
 SUBPROTOCOL = "conference-protocol"
@@ -31,6 +34,13 @@ PING_TIMEOUT = 10
 
 _log = logger(__name__)
 
+#: Handshake headers never kept in L{ClientInfo}: credentials of the web
+#: page's site, which must not reach a policy, a log or a traceback.
+SECRET_HEADERS = frozenset({"cookie", "authorization", "proxy-authorization"})
+
+#: Close code for a connection that queued more than its bound (RFC 6455
+#: 1008, policy violation).
+CLOSE_OVERLOADED = 1008
 
 @implementer(IPushProducer)
 class _Backpressure:
@@ -79,18 +89,21 @@ class ConferenceProtocol(WebSocketServerProtocol):
             factory = self.factory
             if SUBPROTOCOL not in request.protocols:
                 raise ConnectionDeny(400, f"the {SUBPROTOCOL} subprotocol is required")
-            origin = request.headers.get("origin")
-            allowed = factory.service.config.allowed_origins
-            if allowed and origin not in allowed:
-                _log.info("refused a connection from {ip}: Origin {origin!r} not allowed",
-                          ip=self._peerIP(), origin=origin)
+            config = factory.service.config
+            headers = {k: v for k, v in request.headers.items() if k not in SECRET_HEADERS}
+            ip = clientAddress(self._peerIP(), headers, config.trusted_proxies,
+                               config.proxy_header)
+            origin = headers.get("origin")
+            if not originAllowed(origin, headers.get("host"), config.allowed_origins,
+                                 anyPort=config.cluster is not None):
+                factory.refusedConnection("origin", ip, "Origin {origin!r} not allowed",
+                                          origin=origin)
                 raise ConnectionDeny(403, "Origin not allowed")
-            ip = self._peerIP()
             if not factory.connectionOpened(ip):
-                _log.info("refused a connection from {ip}: too many connections", ip=ip)
+                factory.refusedConnection("per_address", ip, "too many connections")
                 raise ConnectionDeny(503, "too many connections from this address")
             self._ip = ip
-            self._client = ClientInfo(ip=ip, origin=origin, headers=dict(request.headers))
+            self._client = ClientInfo(ip=ip, origin=origin, headers=headers)
             return SUBPROTOCOL
         except ConnectionDeny:
             raise
@@ -142,6 +155,41 @@ class ConferenceProtocol(WebSocketServerProtocol):
 
     # -- the session's transport -------------------------------------------
 
+    def _reader(self):
+        """The transport that reads the socket (under TLS, the TCP one below it)."""
+        transport = self.transport
+        while transport is not None and not hasattr(transport, "pauseProducing"):
+            transport = getattr(transport, "transport", None)
+        return transport
+
+    def pauseReading(self) -> None:
+        """Stop reading frames (the session has too many queued)."""
+        reader = self._reader()
+        if reader is not None:
+            reader.pauseProducing()
+
+    def resumeReading(self) -> None:
+        """Read frames again."""
+        reader = self._reader()
+        if reader is not None and self.state != self.STATE_CLOSED:
+            reader.resumeProducing()
+
+    def overloaded(self, reason: str) -> None:
+        """
+        Drop a client that queued more than its hard bound: a close frame
+        with L{CLOSE_OVERLOADED}.  Reading goes on (the session runs none of
+        what arrives) so that the client's close frame is read, and the
+        close handshake timeout drops a client that never sends it; closing
+        with unread bytes would reset the connection before the client read
+        our close frame.
+        """
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=CLOSE_OVERLOADED, reasonUtf8=reason.encode("utf-8")[:120],
+                                isReply=False)
+            self.resumeReading()
+        else:
+            self.dropConnection(abort=True)
+
     def sendBytes(self, data: bytes) -> None:
         """Send one text frame; drop a reader that is too far behind."""
         if self.state != self.STATE_OPEN:
@@ -173,6 +221,7 @@ class ConferenceFactory(WebSocketServerFactory):
         super().__init__(protocols=[SUBPROTOCOL])
         self.service = service
         self.connections: dict[str, int] = {}
+        self._refusing: set[tuple[str, str]] = set()
         self.applyLimits(service.config.limits)
 
     def applyLimits(self, limits) -> None:
@@ -187,17 +236,39 @@ class ConferenceFactory(WebSocketServerFactory):
         )
 
     def connectionOpened(self, ip: str) -> bool:
-        """Count a connection; C{False} if the address has too many."""
+        """
+        Count a connection; C{False} if the address has too many (an IPv6
+        address counts with its /64: L{addressKey}).
+        """
+        key = addressKey(ip)
         limit = self.service.config.limits.max_connections_per_ip
-        if limit and self.connections.get(ip, 0) >= limit:
+        if limit and self.connections.get(key, 0) >= limit:
             return False
-        self.connections[ip] = self.connections.get(ip, 0) + 1
+        self.connections[key] = self.connections.get(key, 0) + 1
+        self._refusing.discard(("origin", key))  # let in: log its next refusal again
+        self._refusing.discard(("per_address", key))
         return True
 
     def connectionClosed(self, ip: str) -> None:
         """Uncount a connection."""
-        left = self.connections.get(ip, 1) - 1
+        key = addressKey(ip)
+        left = self.connections.get(key, 1) - 1
         if left > 0:
-            self.connections[ip] = left
+            self.connections[key] = left
         else:
-            self.connections.pop(ip, None)
+            self.connections.pop(key, None)
+
+    def refusedConnection(self, reason: str, ip: str, message: str, **fields) -> None:
+        """
+        Count a refused handshake in /metrics (C{ahoy_refused_connections});
+        log it once per address and reason until that address is let in again.
+        """
+        self.service.counters["refused_connections"][reason] += 1
+        key = (reason, addressKey(ip))
+        if key in self._refusing:
+            return
+        if len(self._refusing) > 10_000:
+            self._refusing.clear()
+        self._refusing.add(key)
+        _log.info("refused a connection from {ip}: " + message + " (logged once until "
+                  "it is let in again; ahoy_refused_connections counts them)", ip=ip, **fields)

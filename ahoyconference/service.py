@@ -14,6 +14,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from zope.interface import implementer
 
+from ahoyconference.addresses import addressKey
 from ahoyconference.conference import KINDS, Conference, Member
 from ahoyconference.config import Config
 from ahoyconference.interfaces import (
@@ -67,6 +68,10 @@ class ConferenceService(MultiService):
         self.counters: dict[str, Counter] = {
             "refused": Counter(), "errors": Counter(), "joins": Counter(), "created": Counter(),
             "redirects": Counter(),
+            # Hardening (docs/reliability.md): handshakes refused by reason, requests
+            # refused by a client's own rate limit, peer-connection caps, backlog events.
+            "refused_connections": Counter(), "rate_limited": Counter(),
+            "peer_connection_caps": Counter(), "backlog": Counter(),
         }
         self._idle: dict[str, object] = {}
         self._shareTimers: dict[str, object] = {}
@@ -252,7 +257,7 @@ class ConferenceService(MultiService):
 
     def _createHere(self, client: ClientInfo, settings: ConferenceSettings) -> ConferenceSettings:
         self._checkCreate(client, settings.conferenceID)
-        self._creators[settings.conferenceID] = client.ip
+        self._creators[settings.conferenceID] = addressKey(client.ip)
         self._addConference(settings)
         return settings
 
@@ -263,7 +268,8 @@ class ConferenceService(MultiService):
         if len(self.conferences) >= self.config.limits.max_conferences:
             raise ProtocolError(503, detail="too many conferences")
         perClient = self.config.limits.max_conferences_per_client
-        mine = sum(1 for ip in self._creators.values() if ip == client.ip)
+        key = addressKey(client.ip)  # an IPv6 client counts with its /64
+        mine = sum(1 for creator in self._creators.values() if creator == key)
         if perClient and mine >= perClient:
             raise ProtocolError(503, detail="too many conferences from this client")
 
@@ -346,13 +352,13 @@ class ConferenceService(MultiService):
     def _joinHere(self, sink, client: ClientInfo, params: dict) -> defer.Deferred:
         cid = params["conferenceID"]
         conf = self.conference(cid)
-        self._passwordFailures.check((cid, client.ip))
+        self._passwordFailures.check((cid, addressKey(client.ip)))
         d = self.askPolicy("roleFor", client, conf.settings, params["name"], params["password"])
 
         def badPassword(f):
             f.trap(ProtocolError)
             if f.value.status == 403:
-                self._passwordFailures.failed((cid, client.ip))
+                self._passwordFailures.failed((cid, addressKey(client.ip)))
             return f
 
         def admit(role: Role):
@@ -401,8 +407,15 @@ class ConferenceService(MultiService):
                                  "CONFERENCE_KICK_request", "MEDIA_SHARE_request"})
 
     def refused(self, request: str, status: int, client: ClientInfo, detail: str = "",
-                quiet: bool = False) -> None:
-        """Count and log one refused request."""
+                quiet: bool = False, rateLimited: bool = False) -> None:
+        """
+        Count and log one refused request.
+
+        @param quiet: log it at debug level only.
+        @param rateLimited: refused by the client's own rate limit: counted
+            in C{rate_limited} and not logged here (the session logs the
+            first refusal of each episode, docs/reliability.md).
+        """
         if status == 302:
             _log.info("join for a conference of another node from {ip}: 302{detail}",
                       ip=client.ip, detail=f" ({detail})" if detail else "")
@@ -410,6 +423,11 @@ class ConferenceService(MultiService):
         self.counters["errors"][status] += 1
         if request == "CONFERENCE_JOIN_request":
             self.counters["refused"][status] += 1
+        # A client's text: a lone surrogate would break a UTF-8 log file.
+        request = request.encode("utf-8", "backslashreplace").decode("utf-8")
+        if rateLimited:
+            self.counters["rate_limited"][request] += 1
+            return
         # 500 is a bug and 503 a server-wide limit: both matter; 501 is client noise.
         loud = not quiet and (request in self.LOGGED_REFUSALS or status in (500, 503))
         log = _log.info if loud else _log.debug

@@ -17,7 +17,7 @@ from twisted.internet import defer
 
 from ahoyconference.conference import KINDS, Member
 from ahoyconference.interfaces import Action, ClientInfo, ProtocolError
-from ahoyconference.limits import RateLimiter
+from ahoyconference.limits import RateLimited, RateLimiter
 from ahoyconference.logs import logger
 from ahoyconference.messages import (
     NEEDS_MEMBERSHIP,
@@ -37,8 +37,10 @@ class Session:
     """
     One client connection.
 
-    @param transport: has C{sendBytes(data)} (one text frame) and
-        C{close(code, reason)}.
+    @param transport: has C{sendBytes(data)} (one text frame),
+        C{close(code, reason)}, C{pauseReading()} and C{resumeReading()}
+        (the session's queue is over, then under, its soft bound) and
+        C{overloaded(reason)} (over its hard bound: close with 1008).
     @ivar member: the L{Member} while joined, else C{None}.
     """
 
@@ -49,18 +51,80 @@ class Session:
         self.member: Member | None = None
         self._pending: dict[tuple[str, str], tuple[str, str | None]] = {}
         self._offers: dict[str, _Offer] = {}  # publisherID → the subscription offer out
+        self._subscribedTo: set[str] = set()  # publisherIDs the engine was asked to subscribe to
         self._lock = defer.DeferredLock()
         limits = service.config.limits
         self._joinRate = RateLimiter(service.clock, limits.join_rate)
         self._chatRate = RateLimiter(service.clock, limits.chat_rate)
+        # docs/reliability.md: the requests that fan out (peer connections) or
+        # broadcast to the room, limited per connection.  A browser subscribes
+        # to each member with its own MEDIA_request: a whole room may come at once.
+        self._requestRates = {
+            "MEDIA_SHARE_request": RateLimiter(service.clock, limits.share_rate),
+            "MEDIA_request": RateLimiter(
+                service.clock, limits.media_rate,
+                max(limits.media_rate * 2, limits.max_members_per_conference)),
+            "MEDIA_MUTE_request": RateLimiter(service.clock, limits.mute_rate),
+            "CONFERENCE_DESCRIPTION_request": RateLimiter(service.clock, limits.description_rate),
+            "CONFERENCE_LOCK_request": RateLimiter(service.clock, limits.lock_rate),
+        }
         self._closed = False
+        self._queuedFrames = 0
+        self._queuedBytes = 0
+        self._readingPaused = False
         service.sessions.add(self)
 
     # -- the transport's side --------------------------------------------
 
-    def received(self, payload: bytes, isBinary: bool) -> defer.Deferred:
-        """Handle one frame, after the frames before it."""
-        return self._lock.run(self._handle, payload, isBinary)
+    def received(self, payload: bytes, isBinary: bool) -> defer.Deferred | None:
+        """
+        Handle one frame, after the frames before it.  What waits is
+        bounded (docs/reliability.md): over half of C{[limits]
+        max_queued_requests} or C{max_queued_bytes} the transport stops
+        reading; over the whole, the connection is dropped.
+        """
+        if self._closed:
+            self.service.counters["backlog"]["stale_frames"] += 1
+            return None
+        limits = self.service.config.limits
+        size = len(payload)
+        frames, queued = self._queuedFrames + 1, self._queuedBytes + size
+        if ((limits.max_queued_requests and frames > limits.max_queued_requests)
+                or (limits.max_queued_bytes and queued > limits.max_queued_bytes)):
+            self._overloaded(frames, queued)
+            return None
+        self._queuedFrames, self._queuedBytes = frames, queued
+        if not self._readingPaused and self._overSoftBound(limits):
+            self._readingPaused = True
+            self.service.counters["backlog"]["paused"] += 1
+            self.transport.pauseReading()
+        return self._lock.run(self._dequeued, payload, isBinary, size)
+
+    def _overSoftBound(self, limits) -> bool:
+        return bool((limits.max_queued_requests
+                     and self._queuedFrames * 2 > limits.max_queued_requests)
+                    or (limits.max_queued_bytes and self._queuedBytes * 2 > limits.max_queued_bytes))
+
+    def _overloaded(self, frames: int, queued: int) -> None:
+        """Over the hard bound: no queued frame runs, the connection is dropped."""
+        self.service.counters["backlog"]["dropped_connections"] += 1
+        self.service.counters["backlog"]["stale_frames"] += self._queuedFrames
+        _log.info("disconnecting {ip}: {frames} requests ({size} bytes) queued behind a slow "
+                  "one, over [limits] max_queued_requests/max_queued_bytes",
+                  ip=self.client.ip, frames=frames, size=queued)
+        self._closed = True  # the queued frames must not run (connectionLost follows)
+        self.transport.overloaded("too many queued requests")
+
+    def _dequeued(self, payload: bytes, isBinary: bool, size: int):
+        self._queuedFrames -= 1
+        self._queuedBytes -= size
+        if self._readingPaused and not self._overSoftBound(self.service.config.limits):
+            self._readingPaused = False
+            self.transport.resumeReading()
+        if self._closed:  # the connection went while this frame waited
+            self.service.counters["backlog"]["stale_frames"] += 1
+            return None
+        return self._handle(payload, isBinary)
 
     def connectionLost(self) -> None:
         """The WebSocket closed: leave the conference (protocol.md 0)."""
@@ -69,6 +133,7 @@ class Session:
         member, self.member = self.member, None
         self._pending.clear()
         self._offers.clear()
+        self._subscribedTo.clear()
         if member is not None:
             self.service.leave(member, "disconnected from")
 
@@ -88,6 +153,7 @@ class Session:
         self.member = None
         self._pending.clear()
         self._offers.clear()
+        self._subscribedTo.clear()
         self.transport.close(1000, "kicked")
 
     def send(self, message: dict) -> None:
@@ -95,7 +161,18 @@ class Session:
         self.sendEncoded(encode(message))
 
     def _rateLimited(self, what: str) -> None:
-        _log.info("{ip} is over the {what} rate; refusing with 503", ip=self.client.ip, what=what)
+        _log.info("{ip} is over the {what} rate; refusing with 503 (logged once until it is "
+                  "under the rate again; ahoy_rate_limited counts the refusals)",
+                  ip=self.client.ip, what=what)
+
+    def _underRate(self, what: str, refusals: int) -> None:
+        _log.debug("{ip} is under the {what} rate again after {count} refusal(s)",
+                   ip=self.client.ip, what=what, count=refusals)
+
+    def _checkRate(self, limiter: RateLimiter, what: str) -> None:
+        """@raise RateLimited: 503 when this connection is over this rate."""
+        limiter.check(lambda: self._rateLimited(what),
+                      lambda count: self._underRate(what, count))
 
     # -- dispatch ------------------------------------------------------
 
@@ -141,7 +218,8 @@ class Session:
         return d
 
     def _error(self, rtype: str, tid: str, error: ProtocolError, request: str) -> None:
-        self.service.refused(request, error.status, self.client, error.detail, quiet=error.quiet)
+        self.service.refused(request, error.status, self.client, error.detail, quiet=error.quiet,
+                             rateLimited=isinstance(error, RateLimited))
         response = {"messageType": rtype, "status": error.status, "reason": error.reason}
         response.update(error.fields)
         response["transactionID"] = tid
@@ -152,6 +230,9 @@ class Session:
         mtype = envelope.messageType
         if mtype in NEEDS_MEMBERSHIP and self.member is None:
             raise ProtocolError(409, detail="not in a conference")
+        limiter = self._requestRates.get(mtype)
+        if limiter is not None:
+            self._checkRate(limiter, mtype)
         name = mtype[: -len("_request")].lower()
         return getattr(self, "request_" + name)(params)
 
@@ -170,7 +251,7 @@ class Session:
         """1.2: join a conference."""
         if self.member is not None:
             raise ProtocolError(409, detail="already in a conference")
-        self._joinRate.check(lambda: self._rateLimited("join"))
+        self._checkRate(self._joinRate, "join")
         d = self.service.join(self, self.client, params)
 
         def joined(result):
@@ -188,6 +269,7 @@ class Session:
         member, self.member = self.member, None
         self._pending.clear()
         self._offers.clear()
+        self._subscribedTo.clear()
         self.service.leave(member)
         return {}
 
@@ -205,7 +287,7 @@ class Session:
     @defer.inlineCallbacks
     def request_chat_message(self, params):
         """1.7: chat to everyone else."""
-        self._chatRate.check(lambda: self._rateLimited("chat"))
+        self._checkRate(self._chatRate, "chat")
         member = self.member
         yield self.service.allowed(member, Action.CHAT)
         if member.conference is not None:
@@ -267,6 +349,7 @@ class Session:
             self._dropPending("MEDIA_RECEIVE_response")
             self._shareChanged(member, wanted)
             return {}
+        self._checkPeerConnections(member, 1)
         offer = yield engine.publish(member.memberID, wanted["audio"], wanted["video"], cap)
         if member.conference is None:  # left while the offer was being made
             engine.unpublish(member.memberID)
@@ -299,8 +382,34 @@ class Session:
         member = self.member
         yield self.service.allowed(member, Action.SUBSCRIBE)
         conf = member.conference
-        entries = [(conf.member(e["memberID"]), e) for e in params["members"]]
+        if conf is None:
+            raise ProtocolError(409)
+        last = {e["memberID"]: e for e in params["members"]}  # the last entry for a member wins
+        entries = [(conf.member(mid), e) for mid, e in last.items()]
+        if len(params["members"]) > len(conf.members):
+            # Each entry may cost a peer connection: no more than the room has.
+            raise ProtocolError(400, detail="more members entries than the conference has members")
+        engine = self.service.engine
+        self._checkPeerConnections(member, sum(
+            1 for publisher, e in entries
+            if publisher is not member and publisher.memberID not in self._subscribedTo
+            and any(e[kind] and engine.isPublishing(publisher.memberID, kind) for kind in KINDS)))
         return {}, lambda: self._subscribeAll(member, entries)
+
+    def _checkPeerConnections(self, member: Member, new: int) -> None:
+        """
+        @raise ProtocolError: 503 when C{new} more peer connections would pass
+            C{[limits] max_peer_connections} or C{max_peer_connections_per_member}.
+        """
+        limits = self.service.config.limits
+        engine = self.service.engine
+        for scope, cap, count in (
+                ("server", limits.max_peer_connections, engine.peerConnections),
+                ("member", limits.max_peer_connections_per_member,
+                 lambda: engine.peerConnections(member.memberID))):
+            if new and cap and count() + new > cap:
+                self.service.counters["peer_connection_caps"][scope] += 1
+                raise ProtocolError(503, detail=f"too many peer connections ({scope})")
 
     @defer.inlineCallbacks
     def _subscribeAll(self, member: Member, entries):
@@ -311,6 +420,7 @@ class Session:
             pid = publisher.memberID
             if not (entry["audio"] or entry["video"]):
                 engine.unsubscribe(member.memberID, pid)
+                self._subscribedTo.discard(pid)
                 self._dropPending("SDP_response", pid)
                 self._offers.pop(pid, None)
                 continue
@@ -337,6 +447,7 @@ class Session:
         self._offers[pid] = offer
         try:
             sdp = yield engine.subscribe(member.memberID, pid, audio, video)
+            self._subscribedTo.add(pid)
         except ProtocolError as e:
             _log.info("subscription of {member_id} to {publisher_id} refused: {status}",
                       member_id=member.memberID[:12], publisher_id=pid[:12], status=e.status)

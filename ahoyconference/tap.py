@@ -163,6 +163,13 @@ class _ReloadOnHangup(MultiService):
             _log.error("reload failed, keeping the running configuration: {error}", error=str(e))
             return
         current = self.conferenceService.config
+        from ahoyconference.policy import checkOrigins
+
+        try:
+            checkOrigins(self.conferenceService.policy, config.allowed_origins)
+        except ValueError as e:
+            _log.error("reload failed, keeping the running configuration: {error}", error=str(e))
+            return
         setLevel(config.log_level)
         self.conferenceService.reload(config.replace(ports=current.ports,
                                                      policy_name=current.policy_name))
@@ -185,13 +192,14 @@ def buildService(config: Config, reactor) -> MultiService:
     """
     from ahoyconference.media.engine import AiortcMediaEngine, installAsyncioExceptionHandler
     from ahoyconference.media.hooks import HookMismatch
-    from ahoyconference.policy import UnknownPolicy, loadPolicy
+    from ahoyconference.policy import UnknownPolicy, checkOrigins, loadPolicy
     from ahoyconference.service import ConferenceService
     from ahoyconference.web import makeSite
 
     setLevel(config.log_level)
     try:
         policy = loadPolicy(config.policy_name, config.policy_options, reactor)
+        checkOrigins(policy, config.allowed_origins)
     except (UnknownPolicy, ValueError) as e:
         raise SystemExit(f"ahoyconference: {e}")
     installAsyncioExceptionHandler(asyncio.get_event_loop())

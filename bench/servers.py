@@ -42,6 +42,8 @@ max_members_per_conference = 5000
 max_members = 20000
 max_conferences = 5000
 max_send_buffer_bytes = 16777216
+max_peer_connections = 0
+max_peer_connections_per_member = 0
 """
 
 

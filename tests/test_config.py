@@ -332,3 +332,49 @@ class TwistdTests(unittest.TestCase):
         self.assertEqual(len(lines), 1, result.stdout)
         self.assertIn(path, lines[0])
         self.assertIn("cannot read", lines[0])
+
+
+class HardeningKeysTests(unittest.TestCase):
+    """The keys of issue 14's signalling half (docs/reliability.md)."""
+
+    def test_trustedProxies(self):
+        """Addresses and networks become networks; anything else names the key."""
+        import ipaddress
+
+        config = parseConfig({"server": {"trusted_proxies": ["127.0.0.1", "10.0.0.0/8", "::1"]}})
+        self.assertEqual(config.trusted_proxies, (
+            ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8"),
+            ipaddress.ip_network("::1/128")))
+        with self.assertRaises(ConfigError) as e:
+            parseConfig({"server": {"trusted_proxies": ["proxy.example"]}}, "x.toml")
+        self.assertIn("[server] trusted_proxies", str(e.exception))
+        with self.assertRaises(ConfigError) as e:
+            parseConfig({"server": {"trusted_proxies": [5]}}, "x.toml")
+        self.assertIn("[server] trusted_proxies", str(e.exception))
+
+    def test_proxyHeader(self):
+        """x-forwarded-for (default) or forwarded, in any case."""
+        self.assertEqual(parseConfig({}).proxy_header, "x-forwarded-for")
+        self.assertEqual(parseConfig({"server": {"proxy_header": "Forwarded"}}).proxy_header,
+                         "forwarded")
+        with self.assertRaises(ConfigError) as e:
+            parseConfig({"server": {"proxy_header": "x-real-ip"}}, "x.toml")
+        self.assertIn("[server] proxy_header", str(e.exception))
+
+    def test_queuedBytesHoldsOneMessage(self):
+        """max_queued_bytes below max_message_bytes could drop any large answer."""
+        with self.assertRaises(ConfigError) as e:
+            parseConfig({"limits": {"max_queued_bytes": 1000, "max_message_bytes": 2000}}, "x.toml")
+        self.assertIn("[limits] max_queued_bytes", str(e.exception))
+        parseConfig({"limits": {"max_queued_bytes": 0}})
+        parseConfig({"limits": {"max_queued_bytes": 2000, "max_message_bytes": 2000}})
+
+    def test_officeDefaults(self):
+        """A 500-person office behind one address is not locked out by default."""
+        limits = parseConfig({}).limits
+        self.assertGreaterEqual(limits.max_connections_per_ip, 1000)
+        self.assertGreaterEqual(limits.max_conferences_per_client, 100)
+        for key in ("share_rate", "media_rate", "mute_rate", "description_rate", "lock_rate",
+                    "max_peer_connections", "max_peer_connections_per_member",
+                    "max_queued_requests", "max_queued_bytes"):
+            self.assertGreater(getattr(limits, key), 0, key)

@@ -487,7 +487,7 @@ class AiortcMediaEngine:
         self._media.idle(now)
 
     def peerConnections(self, memberID=None):
-        """Open peer connections, of the server or of one member (publishing and subscribing)."""
+        """Open peer connections, of the server or of one member (L{IMediaEngine})."""
         return sum(1 for p in self._peers if memberID in (
             None, getattr(p, "memberID", None), getattr(p, "subscriberID", None)))
 

@@ -12,8 +12,9 @@ Configuration (give at least one key; a key left out restricts nothing)::
     conferences = ["standup", "team-*"]    # IDs or shell-style patterns
     join_networks = ["10.0.0.0/8"]
 
-Addresses are the TCP peer's, as in C{ClientInfo.ip}: behind a reverse proxy
-that is the proxy.  An IPv4 address seen as IPv6 (C{::ffff:10.1.2.3}) matches
+Addresses are the client's, as in C{ClientInfo.ip}: the TCP peer, or behind a
+reverse proxy listed in C{[server] trusted_proxies} the address the proxy
+names.  An IPv4 address seen as IPv6 (C{::ffff:10.1.2.3}) matches
 the IPv4 networks too.  Refusals are 403.
 """
 
@@ -24,7 +25,13 @@ import ipaddress
 
 from zope.interface import implementer
 
-from ahoyconference.interfaces import ClientInfo, ConferenceSettings, IPolicyPlugin, ProtocolError
+from ahoyconference.interfaces import (
+    ClientInfo,
+    ConferenceSettings,
+    IAddressTrustingPolicy,
+    IPolicyPlugin,
+    ProtocolError,
+)
 from ahoyconference.policy import PasswordPolicy
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -45,9 +52,12 @@ def addressIn(ip: str, networks: tuple[_Network, ...]) -> bool:
     return any(a in net for a in candidates for net in networks if a.version == net.version)
 
 
+@implementer(IAddressTrustingPolicy)
 class AllowlistPolicy(PasswordPolicy):
     """
-    L{PasswordPolicy} restricted by client address and conference ID.
+    L{PasswordPolicy} restricted by client address and conference ID.  It
+    trusts addresses (L{IAddressTrustingPolicy}): the server will not run it
+    with C{allowed_origins = ["*"]}.
 
     @param createNetworks: who may create, or C{None} for anyone.
     @param conferences: the conference IDs (or fnmatch patterns) that may be
