@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_api -*-
 """
 L{ConferenceService}: the registry of conferences, permanent rooms from the
 config, idle reaping, server-wide limits, the policy and the media engine.

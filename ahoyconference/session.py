@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_session -*-
+# -*- test-case-name: tests.test_api -*-
 """
 L{Session}: one connected client.  It turns frames into requests, checks
 membership and permissions, calls the conference, the service and the media

@@ -189,7 +189,7 @@ def main() -> int:
     ap.add_argument("--base-root", help="run 'ahoy' from this snapshot of ahoyconference/ and "
                     "twisted/ instead of the work tree (a stable baseline for an A/B)")
     ap.add_argument("--patched-root", help="a copy of the project's ahoyconference/ and "
-                    "twisted/ with a proposed patch applied (for ahoy+patch)")
+                    "twisted/ with a patch under test applied (for ahoy+patch)")
     ap.add_argument("--budget-min", type=float, default=30.0, help="deadline for everything")
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))

@@ -112,7 +112,7 @@ def start_ahoy(shims: dict, mlock: bool = True, port: int | None = None,
 
     C{code_root}: a directory holding another C{ahoyconference/} (and
     C{twisted/plugins/}) to run instead of the project's, e.g. a copy with a
-    proposed patch applied (it goes first on PYTHONPATH, before the editable
+    patch under test applied (it goes first on PYTHONPATH, before the editable
     install's finder)."""
     os.makedirs(LAB, exist_ok=True)
     port = port or free_port()
