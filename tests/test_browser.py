@@ -573,6 +573,37 @@ class SignallingTests(BrowserTestCase):
         self.assertIsNone(await page.stateValue("reconnectAt"))
 
 
+    @asyncTest
+    async def test_mediaEvents(self):
+        """
+        MEDIA_event (issue 12, ahoy-js's speaking and mute changes) updates the
+        member's tile; an unknown event changes nothing.  The page handles the
+        messages through its own dispatch (window.ahoy.receive).
+        """
+        sam = await self.client("event-room", "Sam")
+        page = await self.newPage("member")
+        await page.joinRoom("event-room", "Pia")
+        tile = await page.tile("Sam")
+        member = {"name": "Sam", "memberID": sam.memberID}
+
+        async def event(name):
+            await page.page.evaluate("m => window.ahoy.receive(m)", {
+                "messageType": "MEDIA_event", "member": member, "event": name})
+
+        self.assertEqual(await tile.get_attribute("data-speaking"), "false")
+        await event("start_speaking")
+        self.assertEqual(await tile.get_attribute("data-speaking"), "true")
+        await event("no_such_event")
+        self.assertEqual(await tile.get_attribute("data-speaking"), "true")
+        await event("stop_speaking")
+        self.assertEqual(await tile.get_attribute("data-speaking"), "false")
+        await event("audio_mute")
+        self.assertTrue(await page.stateValue(f"members.{sam.memberID}.audio.muted"))
+        await event("audio_unmute")
+        self.assertFalse(await page.stateValue(f"members.{sam.memberID}.audio.muted"))
+        self.assertEqual(await page.stateValue("iceServers"), [])
+
+
 class ReconnectTests(BrowserTestCase):
     """The server goes away and comes back: the page says so and rejoins."""
 
