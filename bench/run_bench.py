@@ -100,19 +100,19 @@ def renice(pid: int, nice: int) -> None:
 
 def idle_sample(procs: dict, seconds: float, out: str) -> None:
     """Each server's CPU with no peers at all (its fixed cost)."""
-    import load
+    import procstats
     pids = {k: [p.pid] for k, p in procs.items()}
-    a = {k: load.proc_cpu(v) for k, v in pids.items()}
+    a = {k: procstats.proc_cpu(v) for k, v in pids.items()}
     t0 = time.monotonic()
     time.sleep(seconds)
     wall = time.monotonic() - t0
     with open(out, "a") as f:
         for k, v in pids.items():
-            b = load.proc_cpu(v)
+            b = procstats.proc_cpu(v)
             f.write(json.dumps({
                 "sfu": k, "publishers": 0, "subs_per_pub": 0, "idle": True, "seconds": round(wall, 2),
                 "server_cpu_pct": round(100 * (b[0] + b[1] - a[k][0] - a[k][1]) / wall, 2),
-                "server_rss_kb": load.proc_rss_kb(v), "valid": True,
+                "server_rss_kb": procstats.proc_rss_kb(v), "valid": True,
                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
 
 
