@@ -7,6 +7,8 @@ server on loopback, media included (real aiortc peers on both sides).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import os
 
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
@@ -18,7 +20,10 @@ from ahoyconference.client import (
     RequestFailed,
 )
 from tests.helpers import Server, asyncTest
-from tests.mediaclients import PatternVideoTrack, ToneAudioTrack, readPattern
+from tests.mediaclients import PatternVideoTrack, ToneAudioTrack, readPattern, waitFor
+
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                       "examples", "listener_bot.py")
 
 
 class ClientTestCase(unittest.TestCase):
@@ -186,3 +191,25 @@ class MediaTests(ClientTestCase):
             if tags:
                 break
         self.assertEqual(tags, {5})
+
+    @asyncTest
+    async def test_exampleBot(self):
+        """docs/examples/listener_bot.py answers !who and decodes a sharing member's video."""
+        spec = importlib.util.spec_from_file_location("listener_bot", EXAMPLE)
+        example = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(example)
+        s = await self.server(engine="aiortc")
+        alice = await self.connect(s.url)
+        await alice.create("team")
+        await alice.join("team", "alice")
+        bot = example.ListenerBot(await ProtocolClient.connect(s.url))
+        running = asyncio.ensure_future(bot.run("team", "bot"))
+        self.addCleanup(lambda: Deferred.fromFuture(asyncio.ensure_future(bot.close())))
+        await alice.expect("CONFERENCE_JOIN_indication")
+        publication = await alice.publish([PatternVideoTrack(tag=3)])
+        self.addCleanup(lambda: Deferred.fromFuture(asyncio.ensure_future(publication.close())))
+        await alice.chat("!who")
+        answer = await alice.expect("CHAT_MESSAGE_indication", timeout=30)
+        self.assertEqual(answer["message"]["text"], "alice")  # the others
+        await waitFor(lambda: bot.frames.get(alice.memberID, 0) >= 5, what="frames at the bot")
+        self.assertFalse(running.done())
