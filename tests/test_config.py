@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import tomllib
 
 from twisted.trial import unittest
@@ -24,6 +23,7 @@ from ahoyconference.config import (
     loadConfig,
     parseConfig,
 )
+from tests.serverprocess import twistdCommand
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "conf", "ahoyconference.toml")
@@ -296,19 +296,12 @@ class DocumentedConfigTests(unittest.TestCase):
         self.assertGreaterEqual(settings, sum(len(k) for k in SCHEMA.values()) + len(ROOM_KEYS) + 1)
 
 
-def _twistd() -> list[str]:
-    script = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
 class TwistdTests(unittest.TestCase):
     """The real twistd from this interpreter's environment, as a subprocess."""
 
     def twistd(self, *args: str) -> subprocess.CompletedProcess:
         env = dict(os.environ, PYTHONPATH=ROOT)
-        return subprocess.run(_twistd() + ["--nodaemon", "--pidfile=", "ahoyconference", *args],
+        return subprocess.run(twistdCommand() + ["--nodaemon", "--pidfile=", "ahoyconference", *args],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=120)
 
