@@ -72,7 +72,8 @@ class ServerProcess:
     @classmethod
     def twistd(cls, workdir: str, config: str | None = None, *, port: int | None = None,
                twistdArgs: list[str] = (), pluginArgs: list[str] = (), env: dict | None = None,
-               command: list[str] | None = None, name: str = "twistd", **kwargs) -> ServerProcess:
+               command: list[str] | None = None, name: str = "twistd", endpoint: str | None = None,
+               **kwargs) -> ServerProcess:
         """
         C{twistd -n --pidfile= ahoyconference --port=tcp:PORT:interface=127.0.0.1},
         from the repository (its root first on C{PYTHONPATH}, so that twistd
@@ -84,6 +85,9 @@ class ServerProcess:
         @param pluginArgs: more options of the plugin.
         @param env: added to this process's environment.
         @param command: instead of L{twistdCommand}, e.g. a wrapper script.
+        @param endpoint: instead of C{tcp:PORT:interface=127.0.0.1}, e.g. an
+            C{ssl:PORT:interface=127.0.0.1:...} endpoint on C{port} (then
+            also say C{scheme="wss"}).
         """
         port = port or freePort()
         os.makedirs(workdir, exist_ok=True)
@@ -97,8 +101,9 @@ class ServerProcess:
         environ["PYTHONPATH"] = ROOT + (os.pathsep + environ["PYTHONPATH"]
                                         if environ.get("PYTHONPATH") else "")
         environ.update(env or {})
+        endpoint = endpoint or f"tcp:{port}:interface=127.0.0.1"
         argv = ((command or twistdCommand()) + ["-n", "--pidfile=", *twistdArgs, "ahoyconference",
-                                                f"--port=tcp:{port}:interface=127.0.0.1", *args])
+                                                f"--port={endpoint}", *args])
         return cls(argv, port, os.path.join(workdir, f"{name}.log"), env=environ, **kwargs)
 
     # -- running ---------------------------------------------------------------
