@@ -66,7 +66,7 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-from ahoyconference.client import ProtocolClient  # noqa: E402
+from ahoyconference.client import SUBPROTOCOL, ProtocolClient  # noqa: E402
 from tests.serverprocess import ServerFailed, ServerProcess, freePort  # noqa: E402
 
 PACKAGE = "ahoyconference"
@@ -79,7 +79,6 @@ WRAPPER = "/usr/bin/ahoyconferenced"
 WANTS = "/etc/systemd/system/multi-user.target.wants/ahoyconference.service"
 LEFTOVERS = [VENV, "/etc/ahoyconference", "/var/lib/ahoyconference", "/var/log/ahoyconference",
              WRAPPER, UNIT, WANTS]
-SUBPROTOCOL = "conference-protocol"
 LOCK = "/run/lock/ahoyconference-test-deb.lock"
 # (unsafe-io: no fsync per file while unpacking; this is a test machine)
 APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=600", "-o", "Dpkg::Options::=--force-unsafe-io"]
