@@ -31,6 +31,10 @@ Two layers:
 
 Peer connections use the C{iceServers} of the join response, or none: aiortc
 would otherwise use a public STUN server.
+
+Over 400 lines on purpose: the client is one object a program holds, its
+message layer and its conference methods share the reader and the pending
+requests, and about a third of the lines are the API's docstrings.
 """
 
 from __future__ import annotations

@@ -185,6 +185,13 @@ class ServerProcess:
                     raise self._failed(f"nothing listens on {self.port} after {timeout} s")
                 await asyncio.sleep(0.2)
 
+    def wait(self, timeout: float = 30.0) -> int:
+        """Block until it exits by itself; return its status."""
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise self._failed(f"still running after {timeout} s") from None
+
     async def awaitExit(self, timeout: float = 30.0) -> int:
         """Wait (without blocking the loop) until it exits by itself; return its status."""
         loop = asyncio.get_running_loop()
