@@ -1,6 +1,9 @@
 """
 The JSON API over a real socket with real WebSocket clients: every request
 and indication of protocol.md except the media itself, with their statuses.
+
+Over 400 lines: it is the protocol's conformance suite, one test class per
+part of docs/protocol.md, short tests each.
 """
 
 from __future__ import annotations

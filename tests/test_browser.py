@@ -27,6 +27,10 @@ C{AHOY_UPDATE_SCREENSHOT=1} the two-member room screenshot is also written to
 C{docs/screenshot-room.png}.
 
 Skipped only when C{/usr/bin/chromium} is missing.
+
+Over 400 lines: one module so that the whole suite pays for one Chromium
+start-up per test class, and the page helpers (L{BrowserPage}) stay next to
+the only tests that use them.
 """
 
 from __future__ import annotations
