@@ -28,9 +28,8 @@ C{docs/screenshot-room.png}.
 
 Skipped only when C{/usr/bin/chromium} is missing.
 
-Over 400 lines: one module so that the whole suite pays for one Chromium
-start-up per test class, and the page helpers (L{BrowserPage}) stay next to
-the only tests that use them.
+Over 400 lines: the page helpers (L{BrowserPage}, L{BrowserTestCase}) stay
+next to the only tests that use them.
 """
 
 from __future__ import annotations
