@@ -50,7 +50,7 @@ class AhoyConference(SfuSignalling):
     async def open(self) -> None:
         self.watcher = await self._client()
         created = await self.watcher.request("CONFERENCE_CREATE_request", conferenceID=self.room)
-        if created.get("status") not in (200, 409):
+        if created.get("status") not in (200, 409, 486):  # 486: it exists (protocol.md 4.1)
             raise RuntimeError(f"CONFERENCE_CREATE_request failed: {created}")
         await self.watcher.join(self.room, "bench-watcher")
         LOG.info("ahoy: room %s, watcher %s", self.room, self.watcher.memberID[:12])

@@ -254,6 +254,12 @@ class ServerProcess:
                 await asyncio.sleep(0.05)
         return self.popen.returncode
 
+    def kill(self) -> int:
+        """SIGKILL (a crash): by PID, then wait for it; return its status."""
+        if self.popen.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+        return self.popen.wait(20)
+
     def _kill(self) -> None:
         try:
             os.killpg(self.pid, signal.SIGKILL)

@@ -579,8 +579,8 @@ class SignallingTests(BrowserTestCase):
     @asyncTest
     async def test_mediaEvents(self):
         """
-        MEDIA_event (issue 12, ahoy-js's speaking and mute changes) updates the
-        member's tile; an unknown event changes nothing.  The page handles the
+        MEDIA_event (protocol.md 4.10: ahoy-js's speaking and mute changes)
+        updates the member's tile; an unknown event changes nothing.  The page handles the
         messages through its own dispatch (window.ahoy.receive).
         """
         sam = await self.client("event-room", "Sam")
@@ -600,8 +600,10 @@ class SignallingTests(BrowserTestCase):
         self.assertEqual(await tile.get_attribute("data-speaking"), "true")
         await event("stop_speaking")
         self.assertEqual(await tile.get_attribute("data-speaking"), "false")
+        await event("start_speaking")
         await event("audio_mute")
         self.assertTrue(await page.stateValue(f"members.{sam.memberID}.audio.muted"))
+        self.assertEqual(await tile.get_attribute("data-speaking"), "false")  # muted: silent
         await event("audio_unmute")
         self.assertFalse(await page.stateValue(f"members.{sam.memberID}.audio.muted"))
         self.assertEqual(await page.stateValue("iceServers"), [])
