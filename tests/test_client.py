@@ -67,10 +67,10 @@ class SignallingTests(ClientTestCase):
         await alice.describe("now")
         self.assertEqual((await bob.expect("CONFERENCE_DESCRIPTION_indication"))["description"],
                          "now")
-        await bob.mute(audio=True)
-        muted = await alice.expect("MEDIA_indication", member={"name": "bob",
-                                                               "memberID": bob.memberID})
-        self.assertTrue(muted["audio"]["muted"])
+        await bob.mute(audio=False)
+        unmuted = await alice.expect("MEDIA_indication", member={"name": "bob",
+                                                                 "memberID": bob.memberID})
+        self.assertFalse(unmuted["audio"]["muted"])
         await alice.kick(bob.memberID)
         await bob.expect("CONFERENCE_KICK_indication")
         self.assertIsNotNone(await asyncio.wait_for(bob.closed, 5))
