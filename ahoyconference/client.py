@@ -50,6 +50,8 @@ from typing import Any
 
 SUBPROTOCOL = "conference-protocol"
 DEFAULT_TIMEOUT = 10.0
+#: How many "302 moved" answers to a join (protocol.md 4.10, a cluster) are followed.
+MAX_REDIRECTS = 3
 
 
 class ProtocolClientError(Exception):
@@ -105,6 +107,7 @@ class ProtocolClient:
     @ivar timeout: the default of every wait, in seconds.
     @ivar errors: what went wrong on the reader's side (a frame that is not
         JSON, a callback that raised); the reader goes on.
+    @ivar redirects: the URLs L{join} followed (a cluster's 302), in order.
     """
 
     def __init__(self, ws, timeout: float = DEFAULT_TIMEOUT,
@@ -117,6 +120,8 @@ class ProtocolClient:
         self.errors: list[str] = []
         self.memberID: str | None = None
         self.iceServers: list[dict] = []
+        self.redirects: list[str] = []
+        self._options: dict = {"subprotocols": [SUBPROTOCOL], "max_size": 2**24}
         self._ids = itertools.count(1)
         self._prefix = os.urandom(3).hex()
         self._pending: dict[str, tuple[str, asyncio.Future]] = {}
@@ -146,7 +151,24 @@ class ProtocolClient:
         options.setdefault("subprotocols", [SUBPROTOCOL])
         options.setdefault("max_size", 2**24)
         ws = await websockets.connect(url, open_timeout=timeout, **options)
-        return cls(ws, timeout, keep)
+        client = cls(ws, timeout, keep)
+        client._options = options
+        return client
+
+    async def reconnect(self, url: str) -> None:
+        """
+        Close this connection and open one to C{url} with the same options
+        (callbacks, observers and counts stay; what was not taken of the
+        inbox is dropped).
+        """
+        import websockets
+
+        await self.close()
+        self.ws = await websockets.connect(url, open_timeout=self.timeout, **self._options)
+        self.inbox.clear()
+        self.memberID = None
+        self.closed = asyncio.get_event_loop().create_future()
+        self._reader = asyncio.ensure_future(self._read())
 
     # -- receiving -----------------------------------------------------------
 
@@ -334,10 +356,26 @@ class ProtocolClient:
             params["conferenceID"] = conferenceID
         return await self._ok("CONFERENCE_CREATE_request", **params)
 
-    async def join(self, conferenceID: str, name: str, password: str = "") -> dict:
-        """C{CONFERENCE_JOIN_request} (1.2); remembers C{memberID} and C{iceServers}."""
-        response = await self._ok("CONFERENCE_JOIN_request", conferenceID=conferenceID,
-                                  name=name, password=password)
+    async def join(self, conferenceID: str, name: str, password: str = "",
+                   followRedirects: bool = True) -> dict:
+        """
+        C{CONFERENCE_JOIN_request} (1.2); remembers C{memberID} and C{iceServers}.
+
+        A cluster node answers 302 with the C{url} of the node that hosts the
+        conference (protocol.md 4.10): the client then L{reconnect}s there
+        and joins again, at most L{MAX_REDIRECTS} times (C{redirects} lists
+        where it went), unless C{followRedirects} is false.
+        """
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self.request("CONFERENCE_JOIN_request", conferenceID=conferenceID,
+                                          name=name, password=password)
+            url = response.get("url")
+            if not (followRedirects and response.get("status") == 302 and isinstance(url, str)):
+                break
+            self.redirects.append(url)
+            await self.reconnect(url)
+        if response.get("status") != 200:
+            raise RequestFailed(response)
         self.memberID = response.get("memberID")
         self.iceServers = list(response.get("iceServers") or [])
         return response

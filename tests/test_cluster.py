@@ -231,6 +231,14 @@ class ClusterTests(TestCase):
         aliceID = r["memberID"]
         bob, r, hops = await self.joinFollowing(n1, "team", "bob", "crew-pw")
         self.assertEqual((r["status"], r["moderator"], hops), (200, False, [hostNode.url]))
+        # The package's client follows the 302 by itself.
+        carol = await self.connect(via)
+        r = await carol.join("team", "carol", "crew-pw")
+        self.assertEqual((r["moderator"], carol.redirects, carol.memberID),
+                         (False, [hostNode.url], r["memberID"]))
+        await waitFor(lambda: any(m["messageType"] == "CONFERENCE_JOIN_indication"
+                                  and m["member"]["name"] == "carol" for m in alice.inbox),
+                      timeout=10, what="alice told that carol joined on the host")
 
         await alice.request("MEDIA_SHARE_request", audio=True, video=True)
         offer = await alice.expect("MEDIA_RECEIVE_request")
