@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_conference -*-
+# -*- test-case-name: tests.test_api -*-
 """
 Conferences and their members: state and rules (roles, lock, limits, mute,
 chat, time limit), with no I/O.

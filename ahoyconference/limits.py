@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_limits -*-
+# -*- test-case-name: tests.test_api -*-
 """
 Abuse limits with an injected clock: a token-bucket L{RateLimiter} (joins,
 chat and the broadcasting or media requests, per connection) and
@@ -80,7 +80,9 @@ class FailureBackoff:
     """
     After C{failures} wrong passwords for the same key within C{window}
     seconds, refuse further attempts with 403 until C{window} seconds after
-    the last failure.  A limit of 0 disables it.
+    the oldest of those C{failures} (refused attempts are not counted as
+    failures, so the wait does not grow while the client keeps trying).  A
+    limit of 0 disables it.
     """
 
     def __init__(self, clock, failures: int, window: float):

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_messages -*-
+# -*- test-case-name: tests.test_api -*-
 """
 The envelope and the parameters of every request (protocol.md 0, 1 and 4.1).
 

@@ -1,7 +1,12 @@
-# -*- test-case-name: tests.test_nomedia -*-
+# -*- test-case-name: tests.test_api -*-
 """
-L{NoMediaEngine}: an L{IMediaEngine} for a signalling-only server
-(C{[media] enabled = false}): sharing and subscribing answer 501.
+L{NoMediaEngine}: an L{IMediaEngine} without media: sharing and subscribing
+answer 501.
+
+The tests' in-process server (C{tests/helpers.py}) uses it for the tests
+that need only signalling.  C{twistd ahoyconference} always runs aiortc's
+engine (L{ahoyconference.media}): there is no configuration key that turns
+media off.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.test_api -*-
 """
 The WebSocket side: L{ConferenceProtocol} (Autobahn) does the handshake
 (subprotocol, Origin, client address, per-address limit), bounds what it

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_api -*-
 """
 L{ConferenceService}: the registry of conferences, permanent rooms from the
 config, idle reaping, server-wide limits, the policy and the media engine.
@@ -188,8 +188,13 @@ class ConferenceService(MultiService):
 
         return d.addErrback(failed)
 
-    def allowed(self, member: Member, action: Action) -> defer.Deferred:
-        """Fires if the member may do this; fails with 403 if not."""
+    def checkAllowed(self, member: Member, action: Action) -> defer.Deferred:
+        """
+        Ask the policy whether the member may do this.
+
+        @return: a Deferred that fires (with C{None}) if it may, and fails
+            with L{ProtocolError} 403 if not (503 if the policy fails).
+        """
         d = self.askPolicy("mayRequest", member.client, member.role, action,
                            member.conference.settings)
 
@@ -406,10 +411,12 @@ class ConferenceService(MultiService):
     LOGGED_REFUSALS = frozenset({"CONFERENCE_CREATE_request", "CONFERENCE_JOIN_request",
                                  "CONFERENCE_KICK_request", "MEDIA_SHARE_request"})
 
-    def refused(self, request: str, status: int, client: ClientInfo, detail: str = "",
-                quiet: bool = False, rateLimited: bool = False) -> None:
+    def countError(self, request: str, status: int, client: ClientInfo, detail: str = "",
+                   quiet: bool = False, rateLimited: bool = False) -> None:
         """
-        Count and log one refused request.
+        Count (by status) and log one error response, whatever the request;
+        refused joins are also counted on their own.  A 302 to another node
+        is logged, not counted: it is not an error.
 
         @param quiet: log it at debug level only.
         @param rateLimited: refused by the client's own rate limit: counted

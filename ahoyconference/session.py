@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_session -*-
+# -*- test-case-name: tests.test_api -*-
 """
 L{Session}: one connected client.  It turns frames into requests, checks
 membership and permissions, calls the conference, the service and the media
@@ -218,8 +218,8 @@ class Session:
         return d
 
     def _error(self, rtype: str, tid: str, error: ProtocolError, request: str) -> None:
-        self.service.refused(request, error.status, self.client, error.detail, quiet=error.quiet,
-                             rateLimited=isinstance(error, RateLimited))
+        self.service.countError(request, error.status, self.client, error.detail,
+                                quiet=error.quiet, rateLimited=isinstance(error, RateLimited))
         response = {"messageType": rtype, "status": error.status, "reason": error.reason}
         response.update(error.fields)
         response["transactionID"] = tid
@@ -277,7 +277,7 @@ class Session:
     def request_conference_kick(self, params):
         """1.6: a moderator removes a member."""
         member = self.member
-        yield self.service.allowed(member, Action.KICK)
+        yield self.service.checkAllowed(member, Action.KICK)
         target = member.conference.member(params["memberID"])
         _log.info("member {member_id} kicked {target_id} from {conference_id}",
                   member_id=member.memberID[:12], target_id=target.memberID[:12],
@@ -289,7 +289,7 @@ class Session:
         """1.7: chat to everyone else."""
         self._checkRate(self._chatRate, "chat")
         member = self.member
-        yield self.service.allowed(member, Action.CHAT)
+        yield self.service.checkAllowed(member, Action.CHAT)
         if member.conference is not None:
             member.conference.chat(member, params["message"])
         return {}
@@ -298,7 +298,7 @@ class Session:
     def request_conference_description(self, params):
         """1.8: a moderator changes the description."""
         member = self.member
-        yield self.service.allowed(member, Action.DESCRIBE)
+        yield self.service.checkAllowed(member, Action.DESCRIBE)
         conf = member.conference
         return {}, lambda: conf.setDescription(params["description"])
 
@@ -306,7 +306,7 @@ class Session:
     def request_conference_lock(self, params):
         """4.3: a moderator locks or unlocks."""
         member = self.member
-        yield self.service.allowed(member, Action.LOCK)
+        yield self.service.checkAllowed(member, Action.LOCK)
         conf = member.conference
         _log.info("conference {conference_id} {what} by member {member_id}",
                   conference_id=conf.conferenceID,
@@ -322,7 +322,7 @@ class Session:
         changes = {k: params[k] for k in KINDS if params[k] is not None}
         target = member
         if params["memberID"] is not None and params["memberID"] != member.memberID:
-            yield self.service.allowed(member, Action.MUTE_OTHER)
+            yield self.service.checkAllowed(member, Action.MUTE_OTHER)
             target = conf.member(params["memberID"])
         if target.conference is None:
             raise ProtocolError(404)
@@ -337,7 +337,7 @@ class Session:
     def request_media_share(self, params):
         """1.3 and 4.5: share (or stop sharing) microphone and camera."""
         member = self.member
-        yield self.service.allowed(member, Action.SHARE)
+        yield self.service.checkAllowed(member, Action.SHARE)
         conf = member.conference
         engine = self.service.engine
         wanted = {"audio": params["audio"], "video": params["video"]}
@@ -380,7 +380,7 @@ class Session:
     def request_media(self, params):
         """1.4 and 4.6: subscribe to other members' media."""
         member = self.member
-        yield self.service.allowed(member, Action.SUBSCRIBE)
+        yield self.service.checkAllowed(member, Action.SUBSCRIBE)
         conf = member.conference
         if conf is None:
             raise ProtocolError(409)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.test_api -*-
 """
 One L{Site} per port: C{GET /} serves the browser client (C{static/}),
 C{GET /metrics} the metrics, and a WebSocket upgrade on any path reaches the

@@ -40,14 +40,20 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 import tempfile
 import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUBPROTOCOL = "conference-protocol"
+sys.path.insert(0, ROOT)
+from ahoyconference.client import ProtocolClient  # noqa: E402
+from tests.serverprocess import ServerProcess  # noqa: E402
+
+
+async def connect(url: str) -> ProtocolClient:
+    """A member's connection (the package's protocol client)."""
+    return await ProtocolClient.connect(url, timeout=30)
 
 
 # -- the server side: twistd with a probe ---------------------------------------
@@ -91,72 +97,36 @@ def _dieWithParent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
-class ServerProcess:
-    """The twistd subprocess and what can be read of it from outside."""
+class ChurnServer(ServerProcess):
+    """The twistd subprocess (tests/serverprocess.py) and what can be read of it from outside."""
 
-    def __init__(self, workdir: str):
-        self.workdir = workdir
-        self.port = _freePort()
-        self.probePath = os.path.join(workdir, "probe.json")
-        self.log = os.path.join(workdir, "twistd.log")
-        self.proc = None
-
-    async def start(self) -> None:
-        config = os.path.join(self.workdir, "churn.toml")
-        with open(config, "w") as f:
-            f.write(
-                '[server]\nlog_level = "warn"\n'
-                "[limits]\njoin_rate = 0\nchat_rate = 0\nmax_connections_per_ip = 0\n"
-                "max_conferences_per_client = 0\npassword_failures = 0\nidle_timeout = 2\n"
-                "ice_timeout = 10\n"
-                '[ice]\nhost_addresses = ["127.0.0.1"]\n'
-                '[[rooms]]\nid = "churn-media"\n')
-        env = dict(os.environ, AHOY_PROBE=self.probePath,
-                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, os.path.abspath(__file__), "--serve-twistd", "-n", "--pidfile=",
-            "-l", self.log, "ahoyconference", f"--port=tcp:{self.port}:interface=127.0.0.1",
-            f"--config={config}", cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, preexec_fn=_dieWithParent)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.returncode is not None:
-                raise RuntimeError(f"twistd exited {self.proc.returncode}; see {self.log}")
-            try:
-                _, w = await asyncio.open_connection("127.0.0.1", self.port)
-                w.close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("twistd did not listen in time")
-                await asyncio.sleep(0.2)
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
-
-    async def stop(self) -> int | None:
-        """SIGTERM (by PID), then SIGKILL after 20 s; return the exit status."""
-        if self.proc is None:
-            return None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 20)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        return self.proc.returncode
+    @classmethod
+    def inWorkdir(cls, workdir: str) -> ChurnServer:
+        probePath = os.path.join(workdir, "probe.json")
+        server = cls.twistd(
+            workdir,
+            '[server]\nlog_level = "warn"\n'
+            "[limits]\njoin_rate = 0\nchat_rate = 0\nmax_connections_per_ip = 0\n"
+            "max_conferences_per_client = 0\npassword_failures = 0\nidle_timeout = 2\n"
+            "ice_timeout = 10\n"
+            '[ice]\nhost_addresses = ["127.0.0.1"]\n'
+            '[[rooms]]\nid = "churn-media"\n',
+            twistdArgs=["-l", os.path.join(workdir, "twistd.log")], name="churn",
+            command=[sys.executable, os.path.abspath(__file__), "--serve-twistd"],
+            env={"AHOY_PROBE": probePath}, preexec_fn=_dieWithParent)
+        server.probePath = probePath
+        server.log = os.path.join(workdir, "twistd.log")
+        return server
 
     def rssKiB(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
+        with open(f"/proc/{self.pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
         return 0
 
     def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     async def metrics(self) -> dict[str, float]:
         """The /metrics figures this soak looks at."""
@@ -175,7 +145,7 @@ class ServerProcess:
     async def probe(self) -> dict:
         """The server's own counts (asyncio tasks, live aiortc objects)."""
         before = os.path.getmtime(self.probePath) if os.path.exists(self.probePath) else 0
-        self.proc.send_signal(signal.SIGUSR2)
+        self.signal(signal.SIGUSR2)
         for _ in range(200):
             await asyncio.sleep(0.05)
             if os.path.exists(self.probePath) and os.path.getmtime(self.probePath) != before:
@@ -203,60 +173,6 @@ def _tracebacks(log: str) -> int:
             return sum(1 for line in f if "Traceback" in line)
     except FileNotFoundError:
         return 0
-
-
-def _freePort() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-# -- the client side ------------------------------------------------------------
-
-class Client:
-    """A minimal protocol client (websockets)."""
-
-    def __init__(self, ws):
-        self.ws = ws
-        self.n = 0
-        self.inbox: list[dict] = []
-
-    @classmethod
-    async def connect(cls, url: str) -> Client:
-        import websockets
-
-        return cls(await websockets.connect(url, subprotocols=[SUBPROTOCOL], open_timeout=30,
-                                            max_size=2**24))
-
-    async def send(self, message: dict) -> None:
-        await self.ws.send(json.dumps(message))
-
-    async def request(self, messageType: str, **params) -> dict:
-        self.n += 1
-        tid = f"c{self.n}"
-        await self.send({"messageType": messageType, "transactionID": tid, **params})
-        return await self.expect(messageType.replace("_request", "_response"), transactionID=tid)
-
-    async def expect(self, messageType: str, timeout: float = 30, **match) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, m in enumerate(self.inbox):
-                if m.get("messageType") == messageType and all(m.get(k) == v
-                                                               for k, v in match.items()):
-                    return self.inbox.pop(i)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no {messageType} {match}")
-            self.inbox.append(json.loads(await asyncio.wait_for(self.ws.recv(), left)))
-
-    async def close(self) -> None:
-        await self.ws.close()
-
-    def abort(self) -> None:
-        """Drop the TCP connection without a close handshake."""
-        self.ws.transport.abort()
 
 
 class Sink(asyncio.DatagramProtocol):
@@ -288,10 +204,9 @@ class Churn:
         """A real answer to a real offer, its candidate moved to the sink."""
         from tests.mediaclients import Publisher
 
-        client = await Client.connect(self.server.url)
-        await client.request("CONFERENCE_JOIN_request", conferenceID="churn-media", name="canned")
-        await client.request("MEDIA_SHARE_request", audio=True, video=True)
-        offer = await client.expect("MEDIA_RECEIVE_request")
+        client = await connect(self.server.url)
+        await client.join("churn-media", "canned")
+        offer = await client.share(audio=True, video=True)
         publisher = Publisher()
         answer = await publisher.answer(offer["sdp"])
         await publisher.close()
@@ -311,7 +226,7 @@ class Churn:
             self.failures.append(f"cycle {i}: {e!r}")
 
     async def signallingCycle(self, i: int) -> None:
-        client = await Client.connect(self.server.url)
+        client = await connect(self.server.url)
         try:
             room = f"churn-{i}"
             r = await client.request("CONFERENCE_CREATE_request", conferenceID=room)
@@ -323,9 +238,7 @@ class Churn:
             offer = await client.expect("MEDIA_RECEIVE_request")
             kind = i % 3
             if kind in (0, 2):
-                await client.send({"messageType": "MEDIA_RECEIVE_response", "status": 200,
-                                   "reason": "OK", "sdp": self.canned,
-                                   "transactionID": offer["transactionID"]})
+                await client.respond(offer, self.canned)
                 self.done["answered"] += 1
                 r = await client.request("CHAT_MESSAGE_request", message={"text": "x"})
                 assert r["status"] == 200, r  # the answer was taken (no ERROR_response first)
@@ -343,8 +256,8 @@ class Churn:
     async def mediaCycle(self, i: int) -> None:
         from tests.mediaclients import Publisher, Subscriber
 
-        pub = await Client.connect(self.server.url)
-        sub = await Client.connect(self.server.url)
+        pub = await connect(self.server.url)
+        sub = await connect(self.server.url)
         peers = []
         try:
             r = await pub.request("CONFERENCE_JOIN_request", conferenceID="churn-media",
@@ -354,26 +267,17 @@ class Churn:
             r = await sub.request("CONFERENCE_JOIN_request", conferenceID="churn-media",
                                   name=f"s{i}")
             assert r["status"] == 200, r
-            await pub.request("MEDIA_SHARE_request", audio=True, video=True)
-            offer = await pub.expect("MEDIA_RECEIVE_request")
             publisher = Publisher(tag=i % 16)
             peers.append(publisher)
-            await pub.send({"messageType": "MEDIA_RECEIVE_response", "status": 200,
-                            "reason": "OK", "transactionID": offer["transactionID"],
-                            "sdp": await publisher.answer(offer["sdp"])})
+            await publisher.publishVia(pub)
             while True:
                 m = await sub.expect("MEDIA_indication", member={"name": f"p{i}",
                                                                   "memberID": memberID})
                 if m["video"]["available"]:
                     break
-            await sub.request("MEDIA_request", members=[
-                {"memberID": memberID, "audio": True, "video": True}])
-            request = await sub.expect("SDP_request", transactionID=memberID)
             subscriber = Subscriber()
             peers.append(subscriber)
-            await sub.send({"messageType": "SDP_response", "status": 200, "reason": "OK",
-                            "transactionID": memberID,
-                            "sdp": await subscriber.answer(request["sdp"])})
+            await subscriber.subscribeVia(sub, memberID)
             deadline = time.monotonic() + 30
             while sum(subscriber.ssrcs.values()) < 20:  # RTP through DTLS-SRTP
                 if time.monotonic() > deadline:
@@ -409,11 +313,12 @@ async def run(args) -> dict:
     sys.path.insert(0, ROOT)
     workdir = args.workdir or tempfile.mkdtemp(prefix="ahoy-churn-")
     os.makedirs(workdir, exist_ok=True)
-    server = ServerProcess(workdir)
+    server = ChurnServer.inWorkdir(workdir)
     result: dict = {"cycles": args.cycles, "media_every": args.media_every,
                     "concurrency": args.concurrency, "workdir": workdir}
     try:
-        await server.start()
+        server.start()
+        await server.awaitPort()
         churn = Churn(server, args.media_every)
         await churn.setUp()
         for i in range(args.warmup):  # imports, caches, first allocations
@@ -444,7 +349,7 @@ async def run(args) -> dict:
         result["sink_datagrams"] = churn.sink.received
         churn.sinkTransport.close()
     finally:
-        result["exit_status"] = await server.stop()
+        result["exit_status"] = await server.astop()
         result["log"] = server.log
     base, after = result.get("baseline"), result.get("after")
     if base and after:

@@ -3,8 +3,8 @@
 CPU time (user + sys, so the kernel's loopback delivery that a sendto pays is
 included) per packet for each step and for the whole per-output body, the
 current way (bytearray rewrite, bytes(), pylibsrtp Session.protect, asyncio
-transport.sendto) and the zero-copy way of bench/proposed-zero-copy-send.patch
-(rewrite in pylibsrtp's C buffer, lib.srtp_protect, socket.sendto of a
+transport.sendto) and the zero-copy way that ahoyconference/media/forward.py
+has used since that A/B (rewrite in pylibsrtp's C buffer, lib.srtp_protect, socket.sendto of a
 memoryview).  Packets go to a UDP socket on 127.0.0.1 with a large receive
 buffer that is drained between rounds.  Rounds are interleaved; min and median
 over rounds are printed as JSON.  Usage: micro_forward.py [--n 20000] [--rounds 7]

@@ -34,7 +34,7 @@ sys.path.insert(0, HERE)
 import servers  # noqa: E402
 
 PY = servers.VENV_PY
-STARTED: list[servers.Proc] = []
+STARTED: list[servers.Running] = []
 CHILDREN: list[subprocess.Popen] = []
 
 
@@ -62,7 +62,10 @@ def cleanup(*_args) -> None:
                 except OSError:
                     pass
     for proc in STARTED:
-        proc.stop()
+        try:
+            proc.stop()
+        except Exception as e:  # killed after the grace period: said, and the others still stop
+            log(f"stopping {proc.pid}: {e}"[:300])
 
 
 def run_child(cmd: list[str], timeout: float, stdout=None, nice: int = 0) -> int:
@@ -100,23 +103,23 @@ def renice(pid: int, nice: int) -> None:
 
 def idle_sample(procs: dict, seconds: float, out: str) -> None:
     """Each server's CPU with no peers at all (its fixed cost)."""
-    import load
+    import procstats
     pids = {k: [p.pid] for k, p in procs.items()}
-    a = {k: load.proc_cpu(v) for k, v in pids.items()}
+    a = {k: procstats.proc_cpu(v) for k, v in pids.items()}
     t0 = time.monotonic()
     time.sleep(seconds)
     wall = time.monotonic() - t0
     with open(out, "a") as f:
         for k, v in pids.items():
-            b = load.proc_cpu(v)
+            b = procstats.proc_cpu(v)
             f.write(json.dumps({
                 "sfu": k, "publishers": 0, "subs_per_pub": 0, "idle": True, "seconds": round(wall, 2),
                 "server_cpu_pct": round(100 * (b[0] + b[1] - a[k][0] - a[k][1]) / wall, 2),
-                "server_rss_kb": load.proc_rss_kb(v), "valid": True,
+                "server_rss_kb": procstats.proc_rss_kb(v), "valid": True,
                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
 
 
-def load_cmd(label: str, proc: servers.Proc, P: int, S: int, args, out: str) -> list[str]:
+def load_cmd(label: str, proc: servers.Running, P: int, S: int, args, out: str) -> list[str]:
     sfu = "janus" if label == "janus" else "ahoy"
     return [PY, os.path.join(HERE, "load.py"), "--sfu", sfu, "--label", label, "--url", proc.url,
             "--room", "1234", "-P", str(P), "-S", str(S), "-T", str(args.seconds),
@@ -189,7 +192,7 @@ def main() -> int:
     ap.add_argument("--base-root", help="run 'ahoy' from this snapshot of ahoyconference/ and "
                     "twisted/ instead of the work tree (a stable baseline for an A/B)")
     ap.add_argument("--patched-root", help="a copy of the project's ahoyconference/ and "
-                    "twisted/ with a proposed patch applied (for ahoy+patch)")
+                    "twisted/ with a patch under test applied (for ahoy+patch)")
     ap.add_argument("--budget-min", type=float, default=30.0, help="deadline for everything")
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
@@ -220,7 +223,7 @@ def main() -> int:
     try:
         shims = servers.build_shims()
         sfus = args.sfus.split()
-        procs: dict[str, servers.Proc] = {}
+        procs: dict[str, servers.Running] = {}
         if not args.skip_forwarding or not args.skip_profile:
             for sfu in sfus:
                 try:
@@ -242,7 +245,7 @@ def main() -> int:
                 STARTED.append(p)
                 renice(p.pid, args.nice)
                 procs[sfu] = p
-                log(f"{sfu}: pid {p.pid}, {p.url}, log {p.log}")
+                log(f"{sfu}: pid {p.pid}, {p.url}, log {p.logPath}")
         if not args.skip_forwarding and procs:
             time.sleep(2)
             idle_sample(procs, 5.0, fwd_out)
@@ -261,7 +264,7 @@ def main() -> int:
                         raise OutOfTime
                     if not procs[sfu].alive():
                         meta["notes"].append(f"{sfu} died before rep {rep} P={P} S={S}")
-                        log(f"{sfu} is not running any more; see {procs[sfu].log}")
+                        log(f"{sfu} is not running any more; see {procs[sfu].logPath}")
                         continue
                     log(f"rep {rep}/{args.reps}  {sfu:5s} P={P} S={S}")
                     before = sum(1 for _ in open(fwd_out))

@@ -24,6 +24,9 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+from tests.serverprocess import ServerProcess  # noqa: E402
+
 LAB = os.environ.get("AHOY_BENCH_LAB", "/tmp/ahoy_bench")
 VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
 TWISTD = os.path.join(ROOT, ".venv", "bin", "twistd")
@@ -75,7 +78,7 @@ class Proc:
         self.popen = popen
         self.pid = popen.pid
         self.url = url
-        self.log = log
+        self.logPath = log
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -109,34 +112,27 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float, log: str) -> No
 
 
 def start_ahoy(shims: dict, mlock: bool = True, port: int | None = None,
-               extra_config: str = "", timeout: float = 30.0, code_root: str | None = None) -> Proc:
-    """twistd -n ahoyconference on 127.0.0.1:PORT with the bench config.
+               extra_config: str = "", timeout: float = 30.0,
+               code_root: str | None = None) -> ServerProcess:
+    """twistd -n ahoyconference on 127.0.0.1:PORT with the bench config
+    (tests/serverprocess.py, the one launcher of tests and benchmarks).
 
     C{code_root}: a directory holding another C{ahoyconference/} (and
     C{twisted/plugins/}) to run instead of the project's, e.g. a copy with a
-    proposed patch applied (it goes first on PYTHONPATH, before the editable
+    patch under test applied (it goes first on PYTHONPATH, before the editable
     install's finder)."""
-    os.makedirs(LAB, exist_ok=True)
     port = port or free_port()
-    conf = os.path.join(LAB, f"ahoy-{port}.toml")
-    with open(conf, "w") as f:
-        f.write(AHOY_CONFIG + extra_config)
-    log = os.path.join(LAB, f"ahoy-{port}.log")
-    env = dict(os.environ)
-    # twistd only finds twisted/plugins/ahoyconference_plugin.py of an editable
-    # install when the project root is on sys.path (twistd's sys.path[0] is .venv/bin)
-    env["PYTHONPATH"] = (code_root + os.pathsep if code_root else "") + ROOT + (
-        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env = {}
+    if code_root:
+        env["PYTHONPATH"] = code_root + os.pathsep + ROOT + (
+            os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     if mlock:
         env["LD_PRELOAD"] = shims["mlock_onfault"]
-    cmd = [TWISTD, "-n", "--pidfile=", "ahoyconference",
-           f"--port=tcp:{port}:interface=127.0.0.1", f"--config={conf}"]
-    with open(log, "w") as logf:
-        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True)
-    proc = Proc("ahoy", p, f"ws://127.0.0.1:{port}/", log)
+    proc = ServerProcess.twistd(LAB, AHOY_CONFIG + extra_config, port=port, env=env,
+                                command=[TWISTD], name=f"ahoy-{port}")
+    proc.start()
     try:
-        _wait_http(f"http://127.0.0.1:{port}/", p, timeout, log)
+        proc.waitForPort(timeout)
     except Exception:
         proc.stop()
         raise
@@ -174,12 +170,17 @@ def start_janus(shims: dict, mlock: bool = True, port: int | None = None,
     return proc
 
 
+#: What start_ahoy and start_janus return: both have pid, url, logPath,
+#: popen, alive() and stop().
+Running = Proc | ServerProcess
+
+
 def main() -> int:
     """Start one server and wait (for trying things by hand): servers.py ahoy|janus."""
     which = sys.argv[1] if len(sys.argv) > 1 else "ahoy"
     shims = build_shims()
     proc = start_ahoy(shims) if which == "ahoy" else start_janus(shims)
-    print(f"{proc.name} pid {proc.pid} url {proc.url} log {proc.log}", flush=True)
+    print(f"{which} pid {proc.pid} url {proc.url} log {proc.logPath}", flush=True)
     try:
         proc.popen.wait()
     except KeyboardInterrupt:

@@ -36,29 +36,24 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import procstats  # noqa: E402
 import servers  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, os.path.dirname(HERE))
+from ahoyconference.client import ProtocolClient  # noqa: E402
 
 
 def proc_cpu(pid: int) -> tuple[float, float]:
-    with open(f"/proc/{pid}/stat") as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    return int(rest[11]) / CLK_TCK, int(rest[12]) / CLK_TCK
+    return procstats.proc_cpu([pid])
 
 
 def proc_rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+    return procstats.proc_rss_kb([pid])
 
 
 def machine_busy() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return sum(v[:8]) - v[3] - v[4], sum(v[:8])
+    busy, total, _ = procstats.machine_cpu()
+    return busy, total
 
 
 class CpuWindow:
@@ -88,60 +83,21 @@ class CpuWindow:
                 "other_cpu_pct": round(busy - 100 * (user + sys_ + client) / wall, 1) if wall else None}
 
 
-class Client:
-    """A light conference-protocol client: only responses and chat
-    indications are parsed; other frames are only counted."""
+async def connect(url: str, on_chat, timeout: float) -> ProtocolClient:
+    """
+    A light member (the package's protocol client): it keeps no message;
+    chat indications go to C{on_chat(receipt time, message)}, the others
+    are only counted (C{frames()}).
+    """
+    client = await ProtocolClient.connect(url, timeout=timeout, keep=lambda m: False,
+                                          ping_interval=None, compression=None, max_queue=None)
+    client.on("CHAT_MESSAGE_indication", lambda m: on_chat(time.perf_counter(), m))
+    return client
 
-    ids = 0
 
-    def __init__(self, ws, on_chat):
-        self.ws = ws
-        self.pending: dict[str, asyncio.Future] = {}
-        self.frames = 0
-        self.on_chat = on_chat
-        self.member_id = None
-        self.reader = asyncio.ensure_future(self._read())
-
-    @classmethod
-    async def connect(cls, url: str, on_chat, timeout: float):
-        import websockets
-        ws = await websockets.connect(url, subprotocols=["conference-protocol"], open_timeout=timeout,
-                                      ping_interval=None, compression=None, max_size=2 ** 24,
-                                      max_queue=None)
-        return cls(ws, on_chat)
-
-    async def _read(self):
-        try:
-            async for text in self.ws:
-                self.frames += 1
-                if '"CHAT_MESSAGE_indication"' in text:
-                    self.on_chat(time.perf_counter(), json.loads(text))
-                elif '_response"' in text:
-                    m = json.loads(text)
-                    f = self.pending.pop(m.get("transactionID"), None)
-                    if f is not None and not f.done():
-                        f.set_result(m)
-        except Exception:
-            pass
-        finally:
-            for f in self.pending.values():
-                if not f.done():
-                    f.set_exception(ConnectionError("closed"))
-
-    async def request(self, messageType: str, timeout: float, **params) -> dict:
-        Client.ids += 1
-        tid = f"s{Client.ids}"
-        fut = asyncio.get_running_loop().create_future()
-        self.pending[tid] = fut
-        await self.ws.send(json.dumps({"messageType": messageType, "transactionID": tid, **params}))
-        return await asyncio.wait_for(fut, timeout)
-
-    async def close(self):
-        try:
-            await asyncio.wait_for(self.ws.close(), 5)
-        except Exception:
-            pass
-        self.reader.cancel()
+def frames(client: ProtocolClient) -> int:
+    """Messages the client received."""
+    return sum(client.counts.values())
 
 
 async def bounded_gather(coros, limit: int):
@@ -176,14 +132,14 @@ async def scenario(url: str, pid: int, rooms: int, per_room: int, args) -> dict:
     rss0 = proc_rss_kb(pid)
     # connect
     w = CpuWindow(pid).start()
-    conns = await bounded_gather([Client.connect(url, on_chat, args.timeout) for _ in range(n)],
+    conns = await bounded_gather([connect(url, on_chat, args.timeout) for _ in range(n)],
                                  args.concurrency)
-    clients = [c for c in conns if isinstance(c, Client)]
+    clients = [c for c in conns if isinstance(c, ProtocolClient)]
     res["errors"] += n - len(clients)
     res["connect"] = w.stop()
     res["connect"]["per_s"] = round(len(clients) / res["connect"]["wall_s"], 1)
     if len(clients) < n:
-        res["connect_error"] = repr(next(c for c in conns if not isinstance(c, Client)))
+        res["connect_error"] = repr(next(c for c in conns if not isinstance(c, ProtocolClient)))
     try:
         room_of = [f"bench-{i // per_room}" for i in range(len(clients))]
         # each room is created by its first member (not part of the join timing)
@@ -200,7 +156,7 @@ async def scenario(url: str, pid: int, rooms: int, per_room: int, args) -> dict:
                                          conferenceID=room_of[i], name=f"m{i}")
             if r.get("status") != 200:
                 raise RuntimeError(f"join {r.get('status')} {r.get('reason')}")
-            clients[i].member_id = r.get("memberID")
+            clients[i].memberID = r.get("memberID")
 
         w = CpuWindow(pid).start()
         joined = await bounded_gather([join(i) for i in order], args.concurrency)
@@ -208,9 +164,9 @@ async def scenario(url: str, pid: int, rooms: int, per_room: int, args) -> dict:
         expect = sum(k for k in range(per_room)) * rooms
         frames_expected = expect + len(clients) + len(firsts)    # + join and create responses
         limit = time.monotonic() + min(args.timeout, 15)
-        while sum(c.frames for c in clients) < frames_expected and time.monotonic() < limit:
+        while sum(frames(c) for c in clients) < frames_expected and time.monotonic() < limit:
             await asyncio.sleep(0.02)
-        res["join_frames_missing"] = frames_expected - sum(c.frames for c in clients)
+        res["join_frames_missing"] = frames_expected - sum(frames(c) for c in clients)
         res["join"] = w.stop()
         bad = [j for j in joined if isinstance(j, Exception)]
         res["errors"] += len(bad)

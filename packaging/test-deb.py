@@ -7,8 +7,10 @@ Build, install, run, remove and purge the Debian package, checking each step.
                                                 [--require-lintian] [--force]
 
 Run as root, with a Python that has the ``websockets`` package (the
-development venv has it).  Without --deb (or $AHOY_DEB) it builds the package
-with packaging/build-deb.sh first.  Then, on this machine:
+development venv has it): it talks to the server with the package's client
+(``ahoyconference.client``) and runs it with ``tests/serverprocess.py``.
+Without --deb (or $AHOY_DEB) it builds the package with
+packaging/build-deb.sh first.  Then, on this machine:
 
  1. lintian --fail-on error on the .deb (in the background, when installed);
  2. apt-get install ./ahoyconference_*.deb: the user, the directories and their
@@ -63,6 +65,10 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+from ahoyconference.client import SUBPROTOCOL, ProtocolClient  # noqa: E402
+from tests.serverprocess import ServerFailed, ServerProcess, freePort  # noqa: E402
+
 PACKAGE = "ahoyconference"
 USER = "ahoyconference"
 UNIT = "/lib/systemd/system/ahoyconference.service"
@@ -73,7 +79,6 @@ WRAPPER = "/usr/bin/ahoyconferenced"
 WANTS = "/etc/systemd/system/multi-user.target.wants/ahoyconference.service"
 LEFTOVERS = [VENV, "/etc/ahoyconference", "/var/lib/ahoyconference", "/var/log/ahoyconference",
              WRAPPER, UNIT, WANTS]
-SUBPROTOCOL = "conference-protocol"
 LOCK = "/run/lock/ahoyconference-test-deb.lock"
 # (unsafe-io: no fsync per file while unpacking; this is a test machine)
 APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=600", "-o", "Dpkg::Options::=--force-unsafe-io"]
@@ -301,12 +306,6 @@ def unitService() -> dict[str, list[str]]:
     return values
 
 
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def testEndpoint(port: int) -> str:
     """The configuration's TLS endpoint, moved to a loopback port."""
     with open(CONF, "rb") as f:
@@ -320,72 +319,27 @@ def testEndpoint(port: int) -> str:
     return f"ssl:{port}:interface=127.0.0.1{rest}"
 
 
-class Server:
-    """The unit's ExecStart, run as the unit's User= in the unit's WorkingDirectory."""
-
-    def __init__(self, workdir: str, name: str, extraArgs: list[str], extraEnv: dict | None = None):
-        unit = unitService()
-        self.user = unit["User"][-1]
-        self.group = unit.get("Group", [self.user])[-1]
-        self.cwd = unit.get("WorkingDirectory", ["/"])[-1]
-        self.execStart = unit["ExecStart"][-1].split()
-        check(unit.get("Restart") == ["on-failure"], f"Restart= is {unit.get('Restart')}")
-        self.env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                    "LANG": "C.UTF-8"}
-        for assignment in unit.get("Environment", []):
-            key, _, value = assignment.strip('"').partition("=")
-            self.env[key] = value
-        self.env.update(extraEnv or {})
-        self.args = extraArgs
-        self.logPath = os.path.join(workdir, f"{name}.log")
-        self.proc = None
-
-    def start(self):
-        cmd = ["setpriv", f"--reuid={self.user}", f"--regid={self.group}", "--init-groups",
-               "--no-new-privs", "--"] + self.execStart + self.args
-        log(f"   {' '.join(cmd)}")
-        self.logFile = open(self.logPath, "w")
-        self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=self.logFile,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def output(self) -> str:
-        with open(self.logPath, errors="replace") as f:
-            return f.read()
-
-    def waitForPort(self, port: int, timeout=60.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise Failed(f"the server exited with {self.proc.returncode}:\n{self.output()[-4000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise Failed(f"nothing listens on {port} after {timeout} s:\n{self.output()[-4000:]}")
-
-    def waitForOutput(self, pattern: str, timeout=30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            out = self.output()
-            if re.search(pattern, out):
-                return out
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise Failed(f"the server did not log /{pattern}/:\n{self.output()[-4000:]}")
-
-    def stop(self, timeout=30.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            raise Failed(f"the server did not stop on SIGTERM within {timeout} s")
+def unitServer(workdir: str, name: str, port: int, extraArgs: list[str],
+               extraEnv: dict | None = None) -> ServerProcess:
+    """
+    The unit's ExecStart, run as the unit's User= in the unit's
+    WorkingDirectory with the unit's Environment= (tests/serverprocess.py).
+    """
+    unit = unitService()
+    user = unit["User"][-1]
+    group = unit.get("Group", [user])[-1]
+    check(unit.get("Restart") == ["on-failure"], f"Restart= is {unit.get('Restart')}")
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "LANG": "C.UTF-8"}
+    for assignment in unit.get("Environment", []):
+        key, _, value = assignment.strip('"').partition("=")
+        env[key] = value
+    env.update(extraEnv or {})
+    cmd = (["setpriv", f"--reuid={user}", f"--regid={group}", "--init-groups", "--no-new-privs",
+            "--"] + unit["ExecStart"][-1].split() + extraArgs)
+    log(f"   {' '.join(cmd)}")
+    return ServerProcess(cmd, port, os.path.join(workdir, f"{name}.log"),
+                         cwd=unit.get("WorkingDirectory", ["/"])[-1], env=env, scheme="wss")
 
 
 def tlsContext() -> ssl.SSLContext:
@@ -393,32 +347,23 @@ def tlsContext() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=f"{TLS}/cert.pem")
 
 
-async def _request(ws, message: dict) -> dict:
-    tid = uuid.uuid4().hex
-    await ws.send(json.dumps(dict(message, transactionID=tid)))
-    while True:
-        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        if reply.get("transactionID") == tid:
-            return reply
-
-
 async def _createAndJoin(url: str, conferenceID: str, create: bool) -> dict:
-    import websockets
-
-    async with websockets.connect(url, subprotocols=[SUBPROTOCOL], ssl=tlsContext(),
-                                  open_timeout=10) as ws:
-        check(ws.subprotocol == SUBPROTOCOL, f"the server selected subprotocol {ws.subprotocol!r}")
+    client = await ProtocolClient.connect(url, ssl=tlsContext(), timeout=10)
+    try:
+        check(client.ws.subprotocol == SUBPROTOCOL,
+              f"the server selected subprotocol {client.ws.subprotocol!r}")
         if create:
-            reply = await _request(ws, {"messageType": "CONFERENCE_CREATE_request",
-                                        "conferenceID": conferenceID})
+            reply = await client.request("CONFERENCE_CREATE_request", conferenceID=conferenceID)
             check(reply.get("messageType") == "CONFERENCE_CREATE_response" and reply.get("status") == 200
                   and reply.get("conferenceID") == conferenceID, f"CONFERENCE_CREATE: {reply}")
-        reply = await _request(ws, {"messageType": "CONFERENCE_JOIN_request",
-                                    "conferenceID": conferenceID, "name": "deb-test"})
+        reply = await client.request("CONFERENCE_JOIN_request", conferenceID=conferenceID,
+                                     name="deb-test")
         check(reply.get("messageType") == "CONFERENCE_JOIN_response" and reply.get("status") == 200
               and reply.get("conferenceID") == conferenceID and reply.get("memberID"),
               f"CONFERENCE_JOIN: {reply}")
         return reply
+    finally:
+        await client.close()
 
 
 def createAndJoin(port: int, conferenceID: str, create: bool = True) -> dict:
@@ -488,9 +433,9 @@ def checkTLSVersions(port: int, workdir: str) -> None:
 
 def exercise(workdir: str) -> None:
     port = freePort()
-    server = Server(workdir, "server", [f"--port={testEndpoint(port)}"]).start()
+    server = unitServer(workdir, "server", port, [f"--port={testEndpoint(port)}"]).start()
     try:
-        server.waitForPort(port)
+        server.waitForPort()
         room = f"deb-test-{uuid.uuid4().hex[:8]}"
         reply = createAndJoin(port, room)
         log(f"   wss://localhost:{port}/: created and joined {room} (moderator={reply.get('moderator')})")
@@ -504,16 +449,16 @@ def exercise(workdir: str) -> None:
         # SIGHUP: a permanent room added to the configuration appears.
         with open(CONF, "a") as f:
             f.write('\n[[rooms]]\nid = "deb-reload-room"\nname = "Added by packaging/test-deb.py"\n')
-        os.kill(server.proc.pid, signal.SIGHUP)
+        server.signal(signal.SIGHUP)
         server.waitForOutput(r"configuration reloaded: 1 permanent room")
         createAndJoin(port, "deb-reload-room", create=False)
         log("   SIGHUP: the new permanent room can be joined")
-        check(server.proc.poll() is None, "the server died after SIGHUP")
+        check(server.alive(), "the server died after SIGHUP")
 
         # The logs are text on stdout (the journal), without tracebacks.
         out = server.output()
         check("Traceback" not in out and "Unhandled" not in out, f"errors in the server log:\n{out[-4000:]}")
-        rc = server.stop()
+        rc = server.stop(30)
         check(rc == 0, f"the server exited with {rc} on SIGTERM:\n{server.output()[-3000:]}")
         log(f"   SIGTERM: exited with 0; {len(out.splitlines())} log lines")
     finally:
@@ -532,10 +477,10 @@ def exercise(workdir: str) -> None:
 
     # JSON logs through the wrapper's AHOYCONFERENCE_TWISTD_OPTS.
     port = freePort()
-    server = Server(workdir, "server-json", [f"--port={testEndpoint(port)}"],
-                    {"AHOYCONFERENCE_TWISTD_OPTS": "--logger=ahoyconference.logfmt.json"}).start()
+    server = unitServer(workdir, "server-json", port, [f"--port={testEndpoint(port)}"],
+                        {"AHOYCONFERENCE_TWISTD_OPTS": "--logger=ahoyconference.logfmt.json"}).start()
     try:
-        server.waitForPort(port)
+        server.waitForPort()
         createAndJoin(port, "deb-json-room")
     finally:
         server.stop()
@@ -645,7 +590,7 @@ def main(argv=None) -> int:
         if lintian is not None:
             with step("lintian --fail-on error"):
                 finishLintian(lintian, os.path.join(workdir, "lintian.log"))
-    except (Failed, subprocess.TimeoutExpired, OSError) as e:
+    except (Failed, ServerFailed, subprocess.TimeoutExpired, OSError) as e:
         log(f"   FAILED: {e}")
         if lintian is not None and lintian.poll() is None:
             lintian.kill()

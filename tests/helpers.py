@@ -1,26 +1,24 @@
 """
-Test helpers: a real server on a real loopback socket (in-process), and a
-real WebSocket client (the C{websockets} library, on the same asyncio loop as
-the asyncio reactor that trial runs with C{--reactor=asyncio}).
+Test helpers: a real server on a real loopback socket (in-process), and the
+package's WebSocket client (L{ahoyconference.client}, on the C{websockets}
+library, on the same asyncio loop as the asyncio reactor that trial runs
+with C{--reactor=asyncio}).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
-import json
 
-import websockets
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
+from ahoyconference.client import ConnectionLost, NoMessage, ProtocolClient
 from ahoyconference.config import Config, IceSettings, Limits
 from ahoyconference.policy import PasswordPolicy
 from ahoyconference.service import ConferenceService
 from ahoyconference.web import makeSite
 
-SUBPROTOCOL = "conference-protocol"
 TIMEOUT = 10.0
 
 #: Every frame any test client received, every log line of the test process,
@@ -150,93 +148,66 @@ def cancelBatchedTimers(reactor) -> None:
             owner._buckets.pop(call.args[0], None)
 
 
-class Client:
+class Client(ProtocolClient):
     """
-    A WebSocket client speaking the conference protocol.
+    The package's protocol client (L{ahoyconference.client.ProtocolClient})
+    with what the tests add: every frame goes to C{raw} and L{TRANSCRIPT},
+    every password sent to L{SECRETS}, a failed wait is a test failure
+    (C{AssertionError}), and L{quiet} drains what arrived.
 
     C{request()} sends a request and returns its response; C{expect()}
     returns the next message of a type (others are kept for later).
     """
 
-    _ids = itertools.count(1)
-
-    def __init__(self, ws):
-        self.ws = ws
-        self.received: list[dict] = []
+    def __init__(self, ws, timeout: float = TIMEOUT, keep=None):
+        super().__init__(ws, timeout, keep)
         self.raw: list[str] = []
-        self._arrived = asyncio.Event()
-        self._reader = asyncio.ensure_future(self._read())
-        self.closed = asyncio.get_event_loop().create_future()
+        self.observeFrames(self._record)
+
+    def _record(self, text: str) -> None:
+        self.raw.append(text)
+        TRANSCRIPT.append(text)
 
     @classmethod
     async def connect(cls, url: str, **kwargs) -> Client:
         """Open a connection offering the subprotocol."""
-        kwargs.setdefault("subprotocols", [SUBPROTOCOL])
-        kwargs.setdefault("max_size", 2**24)
-        ws = await websockets.connect(url, open_timeout=TIMEOUT, **kwargs)
-        return cls(ws)
+        kwargs.setdefault("timeout", TIMEOUT)
+        return await super().connect(url, **kwargs)
 
-    async def _read(self):
-        try:
-            async for text in self.ws:
-                self.raw.append(text)
-                TRANSCRIPT.append(text)
-                self.received.append(json.loads(text))
-                self._arrived.set()
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            if not self.closed.done():
-                self.closed.set_result(self.ws.close_code)
-            self._arrived.set()
-
-    async def sendRaw(self, data) -> None:
-        """Send a frame as it is (str → text frame, bytes → binary frame)."""
-        await self.ws.send(data)
+    @property
+    def received(self) -> list[dict]:
+        """What arrived and was not taken yet (the inbox)."""
+        return self.inbox
 
     async def send(self, message: dict) -> str:
         """Send a message (a transactionID is added if absent); return its transactionID."""
-        message = dict(message)
-        message.setdefault("transactionID", f"t-{next(self._ids)}")
         for name in SECRET_FIELDS:
             if isinstance(message.get(name), str) and len(message[name]) >= 6:
                 SECRETS.add(message[name])
-        await self.ws.send(json.dumps(message))
-        return message["transactionID"]
+        return await super().send(message)
 
-    async def request(self, messageType: str, **params) -> dict:
+    async def request(self, messageType: str, timeout: float | None = None, **params) -> dict:
         """Send a request and wait for the response with its transactionID."""
-        tid = await self.send({"messageType": messageType, **params})
-        return await self.expect(transactionID=tid, messageType=messageType.replace(
-            "_request", "_response"))
+        try:
+            return await super().request(messageType, timeout, **params)
+        except (NoMessage, ConnectionLost) as e:
+            raise AssertionError(f"{e}; have {self.inbox}") from None
 
     async def expect(self, messageType: str | None = None, timeout: float = TIMEOUT,
                      **match) -> dict:
         """The next received message with this type (and these field values)."""
-        loop = asyncio.get_event_loop()
-        deadline = loop.time() + timeout
-        while True:
-            for i, m in enumerate(self.received):
-                if (messageType is None or m.get("messageType") == messageType) and all(
-                        m.get(k) == v for k, v in match.items()):
-                    return self.received.pop(i)
-            if self.closed.done():
-                raise AssertionError(f"connection closed waiting for {messageType} {match}; "
-                                     f"have {self.received}")
-            left = deadline - loop.time()
-            if left <= 0:
-                raise AssertionError(f"no {messageType} {match} within {timeout}s; "
-                                     f"have {self.received}")
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), left)
-            except TimeoutError:
-                pass
+        try:
+            return await super().expect(messageType, timeout, **match)
+        except (NoMessage, ConnectionLost) as e:
+            raise AssertionError(str(e)) from None
+
+    def _summary(self) -> list:
+        return self.inbox
 
     async def quiet(self, seconds: float = 0.2) -> list[dict]:
         """Wait a little and return (and drop) whatever arrived meanwhile."""
         await asyncio.sleep(seconds)
-        out, self.received = self.received, []
+        out, self.inbox[:] = list(self.inbox), []
         return out
 
     async def close(self) -> None:

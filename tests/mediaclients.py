@@ -11,6 +11,9 @@ follows the frame number; L{readPattern} reads all three back from a decoded
 frame, so a test can tell that the picture changes over time, that it is the
 picture that was sent, and whose it is.
 
+L{Publisher.publishVia} and L{Subscriber.subscribeVia} do the offer/answer
+through the package's protocol client (L{ahoyconference.client}).
+
 Everything stays on loopback: callers patch C{aioice.ice.get_host_addresses}
 to return C{["127.0.0.1"]}; peer connections use C{RTCConfiguration(iceServers=[])}.
 """
@@ -267,6 +270,14 @@ class Publisher:
             self._instrument(transceiver.sender)
         return self.pc.localDescription.sdp
 
+    async def publishVia(self, client, maxVideoBitrate: int | None = None):
+        """
+        Share our tracks as C{client}'s member (L{ProtocolClient.publish}
+        with our instrumented answer); return the L{Publication}.
+        """
+        return await client.publish(answer=self.answer, maxVideoBitrate=maxVideoBitrate,
+                                    audio=self.audio is not None, video=self.video is not None)
+
     def _instrument(self, sender) -> None:
         original = sender._handle_rtcp_packet
 
@@ -353,6 +364,14 @@ class Subscriber:
         dtls._handle_rtp_data = rtp
         dtls._handle_rtcp_data = rtcp
         return self.pc.localDescription.sdp
+
+    async def subscribeVia(self, client, memberID: str, audio: bool = True,
+                           video: bool = True):
+        """
+        Receive C{memberID}'s media as C{client}'s member
+        (L{ProtocolClient.subscribe} with our instrumented answer).
+        """
+        return await client.subscribe(memberID, audio, video, answer=self.answer)
 
     async def _consume(self, track) -> None:
         while True:

@@ -38,13 +38,8 @@ async def watchConnected(pc) -> None:
 async def publish(client, tag: int) -> None:
     from tests.mediaclients import Publisher
 
-    response = await client.request("MEDIA_SHARE_request", audio=True, video=True)
-    assert response["status"] == 200, response
-    offer = await client.expect("MEDIA_RECEIVE_request", timeout=60)
     publisher = Publisher(tag=tag)
-    answer = await publisher.answer(offer["sdp"])
-    await client.send({"messageType": "MEDIA_RECEIVE_response", "status": 200, "reason": "OK",
-                       "transactionID": offer["transactionID"], "sdp": answer})
+    await publisher.publishVia(client)
     await watchConnected(publisher.pc)
     await asyncio.get_running_loop().create_future()  # until killed
 
@@ -61,15 +56,8 @@ async def subscribe(client, joined: dict, name: str) -> None:
             target = {**member, **{k: indication[k] for k in ("audio", "video") if k in indication}}
             if "video" not in target:
                 target["video"] = member.get("video", {"available": False})
-    memberID = target["memberID"]
-    response = await client.request("MEDIA_request", members=[
-        {"memberID": memberID, "audio": True, "video": True}])
-    assert response["status"] == 200, response
-    request = await client.expect("SDP_request", transactionID=memberID, timeout=60)
     subscriber = Subscriber()
-    answer = await subscriber.answer(request["sdp"])
-    await client.send({"messageType": "SDP_response", "status": 200, "reason": "OK",
-                       "transactionID": memberID, "sdp": answer})
+    await subscriber.subscribeVia(client, target["memberID"])
     asyncio.ensure_future(watchConnected(subscriber.pc))
     while True:
         report(event="frames", count=len(subscriber.frames))
@@ -91,12 +79,10 @@ async def main(argv: list[str]) -> None:
     import aioice.ice
 
     aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: [args.host_address]
-    from tests.helpers import Client
+    from ahoyconference.client import ProtocolClient
 
-    client = await Client.connect(args.url)
-    joined = await client.request("CONFERENCE_JOIN_request", conferenceID=args.room,
-                                  name=args.name)
-    assert joined["status"] == 200, joined
+    client = await ProtocolClient.connect(args.url, timeout=60)
+    joined = await client.join(args.room, args.name)
     report(event="joined", memberID=joined["memberID"])
     if args.publish:
         await publish(client, args.tag)

@@ -27,6 +27,9 @@ C{AHOY_UPDATE_SCREENSHOT=1} the two-member room screenshot is also written to
 C{docs/screenshot-room.png}.
 
 Skipped only when C{/usr/bin/chromium} is missing.
+
+Over 400 lines: the page helpers (L{BrowserPage}, L{BrowserTestCase}) stay
+next to the only tests that use them.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ class BrowserPage:
 
     async def open(self, base: str, **query) -> BrowserPage:
         """Load the client with the test flags (and any other URL parameters)."""
-        params = {"loopbackOnly": "1", "lowres": "1", **query}
+        params = {"loopbackOnly": "1", "lowres": "1", "testhook": "1", **query}
         await self.page.goto(base + "?" + urlencode(params))
         await self.waitFor("window.ahoy && window.ahoy.state.connection === 'open'",
                            "connected to the server")
@@ -571,6 +574,39 @@ class SignallingTests(BrowserTestCase):
         await asyncio.sleep(1.5)
         self.assertNotEqual(await page.stateValue("connection"), "connecting")
         self.assertIsNone(await page.stateValue("reconnectAt"))
+
+
+    @asyncTest
+    async def test_mediaEvents(self):
+        """
+        MEDIA_event (protocol.md 4.10: ahoy-js's speaking and mute changes)
+        updates the member's tile; an unknown event changes nothing.  The page handles the
+        messages through its own dispatch (window.ahoy.receive).
+        """
+        sam = await self.client("event-room", "Sam")
+        page = await self.newPage("member")
+        await page.joinRoom("event-room", "Pia")
+        tile = await page.tile("Sam")
+        member = {"name": "Sam", "memberID": sam.memberID}
+
+        async def event(name):
+            await page.page.evaluate("m => window.ahoy.receive(m)", {
+                "messageType": "MEDIA_event", "member": member, "event": name})
+
+        self.assertEqual(await tile.get_attribute("data-speaking"), "false")
+        await event("start_speaking")
+        self.assertEqual(await tile.get_attribute("data-speaking"), "true")
+        await event("no_such_event")
+        self.assertEqual(await tile.get_attribute("data-speaking"), "true")
+        await event("stop_speaking")
+        self.assertEqual(await tile.get_attribute("data-speaking"), "false")
+        await event("start_speaking")
+        await event("audio_mute")
+        self.assertTrue(await page.stateValue(f"members.{sam.memberID}.audio.muted"))
+        self.assertEqual(await tile.get_attribute("data-speaking"), "false")  # muted: silent
+        await event("audio_unmute")
+        self.assertFalse(await page.stateValue(f"members.{sam.memberID}.audio.muted"))
+        self.assertEqual(await page.stateValue("iceServers"), [])
 
 
 class ReconnectTests(BrowserTestCase):

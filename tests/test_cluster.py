@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 
 from twisted.trial.unittest import SkipTest, TestCase
@@ -26,17 +24,11 @@ from ahoyconference.cluster import loadScore, settingsFrom, storedSettings
 from ahoyconference.interfaces import ConferenceSettings
 from tests.helpers import Client, asyncTest
 from tests.mediaclients import Publisher, Subscriber, waitFor
+from tests.serverprocess import ServerProcess, freePort
 from tests.test_media_engine import loopbackOnly
 
 REDIS = "/usr/bin/redis-server"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TTL = 3  # seconds: a node's heartbeat every second
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PasswordHashTests(TestCase):
@@ -70,43 +62,27 @@ class PasswordHashTests(TestCase):
         self.assertLess(loadScore({"members": 1, "pps": 0}), loadScore({"members": 0, "pps": 500}))
 
 
-class Node:
-    """One C{twistd ahoyconference} node of the test cluster."""
+class Node(ServerProcess):
+    """One C{twistd ahoyconference} node of the test cluster (tests/serverprocess.py)."""
 
-    def __init__(self, tmp: str, nodeID: str, redisPort: int):
-        self.nodeID = nodeID
-        self.port = freePort()
-        self.url = f"ws://127.0.0.1:{self.port}/"
-        self.config = os.path.join(tmp, f"{nodeID}.toml")
-        self.log = os.path.join(tmp, f"{nodeID}.log")
-        with open(self.config, "w") as f:
-            f.write('[ice]\nhost_addresses = ["127.0.0.1"]\n'
-                    "[limits]\njoin_rate = 0\nchat_rate = 0\nmax_conferences_per_client = 0\n"
-                    f'[cluster]\nredis = "redis://127.0.0.1:{redisPort}/0"\n'
-                    f'node_id = "unused"\nnode_url = "ws://unused/"\nttl = {TTL}\n'
-                    '[[rooms]]\nid = "lobby"\npassword = "lobby-pw"\n')
-        self.proc = None
+    nodeID: str
 
-    def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=ROOT)
-        self.proc = subprocess.Popen(
-            [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
-             "-l", self.log, "ahoyconference", f"--port=tcp:{self.port}:interface=127.0.0.1",
-             f"--config={self.config}", f"--node-id={self.nodeID}", f"--node-url={self.url}"],
-            cwd=ROOT, env=env)
+    @classmethod
+    def inCluster(cls, tmp: str, nodeID: str, redisPort: int) -> Node:
+        port = freePort()
+        node = cls.twistd(
+            tmp, '[ice]\nhost_addresses = ["127.0.0.1"]\n'
+                 "[limits]\njoin_rate = 0\nchat_rate = 0\nmax_conferences_per_client = 0\n"
+                 f'[cluster]\nredis = "redis://127.0.0.1:{redisPort}/0"\n'
+                 f'node_id = "unused"\nnode_url = "ws://unused/"\nttl = {TTL}\n'
+                 '[[rooms]]\nid = "lobby"\npassword = "lobby-pw"\n',
+            port=port, name=nodeID,
+            pluginArgs=[f"--node-id={nodeID}", f"--node-url=ws://127.0.0.1:{port}/"])
+        node.nodeID = nodeID
+        return node
 
     def logText(self) -> str:
-        with open(self.log) as f:
-            return f.read()
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        return self.output()
 
 
 class ClusterTests(TestCase):
@@ -123,7 +99,7 @@ class ClusterTests(TestCase):
         self.redisPort = freePort()
         self.redis = None
         self.startRedis()
-        self.nodes = [Node(self.tmp, f"n{i}", self.redisPort) for i in (1, 2, 3)]
+        self.nodes = [Node.inCluster(self.tmp, f"n{i}", self.redisPort) for i in (1, 2, 3)]
         for node in self.nodes:
             node.start()
         self.clients: list[Client] = []
@@ -153,7 +129,7 @@ class ClusterTests(TestCase):
         import redis.asyncio
 
         self.r = redis.asyncio.Redis(port=self.redisPort, decode_responses=True)
-        await waitFor(lambda: all(n.proc.poll() is None for n in self.nodes), 1, what="nodes")
+        await waitFor(lambda: all(n.alive() for n in self.nodes), 1, what="nodes")
 
         async def registered():
             keys = await self.r.keys("ahoy:node:*")
@@ -196,7 +172,7 @@ class ClusterTests(TestCase):
         """Join through a node, following a 302 as clients do; (client, response, hops)."""
         url, hops = node.url, []
         for _ in range(3):
-            c = Client(await _ws(url))
+            c = await Client.connect(url)
             self.clients.append(c)
             r = await c.request("CONFERENCE_JOIN_request", conferenceID=conferenceID,
                                 name=name, password=password)
@@ -255,6 +231,14 @@ class ClusterTests(TestCase):
         aliceID = r["memberID"]
         bob, r, hops = await self.joinFollowing(n1, "team", "bob", "crew-pw")
         self.assertEqual((r["status"], r["moderator"], hops), (200, False, [hostNode.url]))
+        # The package's client follows the 302 by itself.
+        carol = await self.connect(via)
+        r = await carol.join("team", "carol", "crew-pw")
+        self.assertEqual((r["moderator"], carol.redirects, carol.memberID),
+                         (False, [hostNode.url], r["memberID"]))
+        await waitFor(lambda: any(m["messageType"] == "CONFERENCE_JOIN_indication"
+                                  and m["member"]["name"] == "carol" for m in alice.inbox),
+                      timeout=10, what="alice told that carol joined on the host")
 
         await alice.request("MEDIA_SHARE_request", audio=True, video=True)
         offer = await alice.expect("MEDIA_RECEIVE_request")
@@ -292,7 +276,7 @@ class ClusterTests(TestCase):
         host = await self.r.get("ahoy:host:doomed")
         victim = next(n for n in self.nodes if n.nodeID == host)
         killedAt = time.monotonic()
-        victim.stop(signal.SIGKILL)
+        victim.kill()
         await waitFor(lambda: member.closed.done(), timeout=10, what="the member's connection")
 
         async def gone():
@@ -356,12 +340,6 @@ class ClusterTests(TestCase):
         c, r, _ = await self.joinFollowing(n2, "here", "late")
         self.assertEqual(r["status"], 200)
         await a.expect("CONFERENCE_JOIN_indication")
-
-
-async def _ws(url: str):
-    import websockets
-
-    return await websockets.connect(url, subprotocols=["conference-protocol"], open_timeout=10)
 
 
 async def _members(test: ClusterTests, nodeID: str, count: int) -> bool:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import tomllib
 
 from twisted.trial import unittest
@@ -24,6 +22,7 @@ from ahoyconference.config import (
     loadConfig,
     parseConfig,
 )
+from tests.serverprocess import ServerProcess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "conf", "ahoyconference.toml")
@@ -296,40 +295,34 @@ class DocumentedConfigTests(unittest.TestCase):
         self.assertGreaterEqual(settings, sum(len(k) for k in SCHEMA.values()) + len(ROOM_KEYS) + 1)
 
 
-def _twistd() -> list[str]:
-    script = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
 class TwistdTests(unittest.TestCase):
     """The real twistd from this interpreter's environment, as a subprocess."""
 
-    def twistd(self, *args: str) -> subprocess.CompletedProcess:
-        env = dict(os.environ, PYTHONPATH=ROOT)
-        return subprocess.run(_twistd() + ["--nodaemon", "--pidfile=", "ahoyconference", *args],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=120)
+    def twistd(self, *args: str) -> tuple[int, str]:
+        """Start C{twistd ahoyconference ARGS}; wait until it exits; its status and output."""
+        server = ServerProcess.twistd(os.path.abspath(self.mktemp()), pluginArgs=list(args))
+        self.addCleanup(server.stop)
+        code = server.start().wait(120)
+        return code, server.output()
 
     def test_brokenConfigOneLine(self):
         """A broken file stops twistd with exactly one line naming the key and the file."""
         path = os.path.abspath(self.mktemp() + ".toml")
         with open(path, "w") as f:
             f.write("[limits]\nmax_members = -3\n")
-        result = self.twistd(f"--config={path}")
-        self.assertNotEqual(result.returncode, 0)
-        lines = result.stdout.strip().splitlines()
-        self.assertEqual(len(lines), 1, result.stdout)
+        code, out = self.twistd(f"--config={path}")
+        self.assertNotEqual(code, 0)
+        lines = out.strip().splitlines()
+        self.assertEqual(len(lines), 1, out)
         self.assertIn(path, lines[0])
         self.assertIn("[limits] max_members", lines[0])
 
     def test_missingConfigOneLine(self):
         path = os.path.abspath(self.mktemp() + ".toml")
-        result = self.twistd(f"--config={path}")
-        self.assertNotEqual(result.returncode, 0)
-        lines = result.stdout.strip().splitlines()
-        self.assertEqual(len(lines), 1, result.stdout)
+        code, out = self.twistd(f"--config={path}")
+        self.assertNotEqual(code, 0)
+        lines = out.strip().splitlines()
+        self.assertEqual(len(lines), 1, out)
         self.assertIn(path, lines[0])
         self.assertIn("cannot read", lines[0])
 

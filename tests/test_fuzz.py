@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,7 +21,7 @@ from twisted.trial import unittest
 from websockets.sync.client import connect
 
 from ahoyconference.messages import REQUESTS
-from tests.test_tap import ROOT, freePort
+from tests.serverprocess import ServerProcess
 
 EXAMPLES = int(os.environ.get("AHOY_FUZZ_EXAMPLES", "20000"))
 STATUSES = {200, 400, 403, 404, 409, 470, 486, 488, 501, 503}
@@ -101,42 +100,24 @@ class FuzzTests(unittest.TestCase):
     """The API under Hypothesis."""
 
     def setUp(self):
-        import subprocess
-        import sys
-
-        self.port = freePort()
-        tmp = os.path.abspath(self.mktemp())
-        os.makedirs(tmp)
-        config = os.path.join(tmp, "fuzz.toml")
-        with open(config, "w") as f:
-            f.write('[ice]\nhost_addresses = ["127.0.0.1"]\n'
-                    "[limits]\njoin_rate = 0\nchat_rate = 0\nmax_conferences_per_client = 0\n"
-                    # The request rates would answer most of the fuzz with 503;
-                    # tests.test_fanout tests them.
-                    "share_rate = 0\nmedia_rate = 0\nmute_rate = 0\ndescription_rate = 0\n"
-                    "lock_rate = 0\n"
-                    f'[[rooms]]\nid = "watch"\npassword = "{WATCH_PASSWORD}"\n'
-                    f'listener_password = "{WATCH_PASSWORD}-listen"\n'  # "" must not get in
-                    '[[rooms]]\nid = "fuzz"\n')
-        self.log = os.path.join(tmp, "twistd.log")
-        env = dict(os.environ, PYTHONPATH=ROOT)
-        self.proc = subprocess.Popen(
-            [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
-             "-l", self.log, "ahoyconference", f"--port=tcp:{self.port}:interface=127.0.0.1",
-             f"--config={config}"], cwd=ROOT, env=env)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.client = self.open()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise
-                time.sleep(0.2)
-
-    def tearDown(self):
-        self.proc.terminate()
-        self.proc.wait(20)
+        self.server = ServerProcess.twistd(
+            os.path.abspath(self.mktemp()),
+            '[ice]\nhost_addresses = ["127.0.0.1"]\n'
+            "[limits]\njoin_rate = 0\nchat_rate = 0\nmax_conferences_per_client = 0\n"
+            # The request rates would answer most of the fuzz with 503;
+            # tests.test_fanout tests them.
+            "share_rate = 0\nmedia_rate = 0\nmute_rate = 0\ndescription_rate = 0\n"
+            "lock_rate = 0\n"
+            f'[[rooms]]\nid = "watch"\npassword = "{WATCH_PASSWORD}"\n'
+            f'listener_password = "{WATCH_PASSWORD}-listen"\n'  # "" must not get in
+            '[[rooms]]\nid = "fuzz"\n', twistdArgs=["-l", "twistd.log"], name="fuzz")
+        self.server.cwd = os.path.dirname(self.server.logPath)
+        self.log = os.path.join(self.server.cwd, "twistd.log")
+        self.port = self.server.port
+        self.server.start()
+        self.addCleanup(self.server.stop)
+        self.server.waitForPort(30)
+        self.client = self.open()
 
     def open(self):
         return connect(f"ws://127.0.0.1:{self.port}/", subprotocols=["conference-protocol"],

@@ -9,8 +9,6 @@ import io
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -22,8 +20,8 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from ahoyconference import logfmt
+from tests.serverprocess import ServerProcess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
@@ -134,41 +132,25 @@ class ObserverTests(unittest.TestCase):
         self.assertIs(logfmt.json().outFile, sys.__stdout__)
 
 
-def _twistd() -> list[str]:
-    script = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
 class TwistdLoggerTests(unittest.TestCase):
     """C{twistd --logger=ahoyconference.logfmt.json ahoyconference}, a real process."""
 
     def test_twistd(self):
-        logPath = os.path.abspath(self.mktemp())
-        with open(logPath, "w") as out:
-            proc = subprocess.Popen(
-                _twistd() + ["--nodaemon", "--pidfile=", "--logger=ahoyconference.logfmt.json",
-                             "ahoyconference", "--port=tcp:0:interface=127.0.0.1"],
-                cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=out, stderr=subprocess.STDOUT)
-        self.addCleanup(lambda: proc.poll() is None and proc.kill())
-
-        def output() -> str:
-            with open(logPath) as f:
-                return f.read()
-
+        server = ServerProcess.twistd(os.path.abspath(self.mktemp()),
+                                      twistdArgs=["--logger=ahoyconference.logfmt.json"]).start()
+        self.addCleanup(server.stop)
+        output = server.output
         port = None
         deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline and proc.poll() is None:
+        while port is None and time.monotonic() < deadline and server.returncode is None:
             match = re.search(r"Site starting on (\d+)", output())
             port = match and int(match.group(1))
             time.sleep(0.1)
-        self.assertIsNotNone(port, output())
+        self.assertEqual(port, server.port, output())
         # Once the reactor serves a request, its signal handlers are in place.
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
             self.assertEqual(response.status, 200)
-        proc.send_signal(signal.SIGTERM)
-        self.assertEqual(proc.wait(timeout=60), 0, output())
+        self.assertEqual(server.stop(60), 0, output())
         records = [json.loads(line) for line in output().splitlines()]
         self.assertTrue(all(set(r) >= {"time", "level", "namespace", "message"} for r in records))
         messages = [r["message"] for r in records]

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import sys
+import signal
 import tempfile
 
 from twisted.trial import unittest
 
 from ahoyconference import tap
 from tests.helpers import Client, asyncTest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.serverprocess import ServerProcess
 
 
 class OptionsTests(unittest.TestCase):
@@ -68,64 +66,25 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(makers[0].module, "ahoyconference.tap")
 
 
-def freePort() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-async def runTwistd(*args, env=None):
-    """Start the venv's C{twistd ...} from the repository; return the process."""
-    environ = dict(os.environ)
-    environ["PYTHONPATH"] = ROOT + os.pathsep + environ.get("PYTHONPATH", "")
-    environ.update(env or {})
-    return await asyncio.create_subprocess_exec(
-        os.path.join(os.path.dirname(sys.executable), "twistd"), *args, cwd=ROOT, env=environ,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-
-
-async def waitForPort(port: int, proc, timeout: float = 30.0) -> None:
-    loop = asyncio.get_event_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if proc.returncode is not None:
-            out = await proc.stdout.read()
-            raise AssertionError(f"twistd exited {proc.returncode}: {out.decode()}")
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.2)
-    raise AssertionError("twistd did not listen in time")
-
-
-async def stop(proc) -> bytes:
-    if proc.returncode is None:
-        proc.terminate()
-    out, _ = await asyncio.wait_for(proc.communicate(), 20)
-    return out
+def twistd(test, config: str | None = None, twistdArgs=(), pluginArgs=()) -> ServerProcess:
+    """The venv's C{twistd ... ahoyconference} from the repository, started."""
+    return ServerProcess.twistd(os.path.abspath(test.mktemp()), config, twistdArgs=list(twistdArgs),
+                                pluginArgs=list(pluginArgs)).start()
 
 
 class TwistdTests(unittest.TestCase):
     """The real C{twistd ahoyconference} in a subprocess."""
 
     async def roundTrip(self, extra: list[str]):
-        port = freePort()
         tmp = os.path.abspath(self.mktemp())
         os.makedirs(tmp)
-        config = os.path.join(tmp, "ahoy.toml")
-        with open(config, "w") as f:
-            f.write('[ice]\nhost_addresses = ["127.0.0.1"]\n'
-                    '[[rooms]]\nid = "lobby"\npassword = "s3cret-pw"\n')
         log = os.path.join(tmp, "twistd.log")
-        proc = await runTwistd(*extra, "-n", "--pidfile=", "-l", log, "ahoyconference",
-                               f"--port=tcp:{port}:interface=127.0.0.1", f"--config={config}")
+        server = twistd(self, '[ice]\nhost_addresses = ["127.0.0.1"]\n'
+                              '[[rooms]]\nid = "lobby"\npassword = "s3cret-pw"\n',
+                        twistdArgs=[*extra, "-l", log])
         try:
-            await waitForPort(port, proc)
-            c = await Client.connect(f"ws://127.0.0.1:{port}/")
+            await server.awaitPort()
+            c = await Client.connect(server.url)
             r = await c.request("CONFERENCE_JOIN_request", conferenceID="lobby", name="n",
                                 password="s3cret-pw")
             self.assertEqual((r["status"], r["speaker"]), (200, True))
@@ -133,8 +92,8 @@ class TwistdTests(unittest.TestCase):
             self.assertEqual(r["status"], 409)
             await c.close()
         finally:
-            out = await stop(proc)
-        self.assertEqual(proc.returncode, 0, out)
+            code = await server.astop()
+        self.assertEqual(code, 0, server.output())
         with open(log) as f:
             text = f.read()
         self.assertIn("joined lobby as speaker", text)
@@ -155,22 +114,18 @@ class TwistdTests(unittest.TestCase):
     @asyncTest
     async def test_otherReactorRefused(self):
         """Another reactor: one line that says to pass --reactor=asyncio."""
-        proc = await runTwistd("--reactor=select", "-n", "--pidfile=", "ahoyconference",
-                               "--port=tcp:0:interface=127.0.0.1")
-        out = await asyncio.wait_for(proc.communicate(), 30)
-        self.assertNotEqual(proc.returncode, 0)
-        self.assertIn(b"--reactor=asyncio", out[0])
-        self.assertNotIn(b"Traceback", out[0])
+        server = twistd(self, twistdArgs=["--reactor=select"])
+        self.assertNotEqual(await server.awaitExit(), 0)
+        self.assertIn("--reactor=asyncio", server.output())
+        self.assertNotIn("Traceback", server.output())
 
     @asyncTest
     async def test_unknownPolicy(self):
         """An unknown policy stops start-up listing the known ones."""
-        proc = await runTwistd("-n", "--pidfile=", "ahoyconference", "--policy=nope",
-                               "--port=tcp:0:interface=127.0.0.1")
-        out = await asyncio.wait_for(proc.communicate(), 30)
-        self.assertNotEqual(proc.returncode, 0)
-        self.assertIn(b"unknown policy 'nope'", out[0])
-        self.assertIn(b"password", out[0])
+        server = twistd(self, pluginArgs=["--policy=nope"])
+        self.assertNotEqual(await server.awaitExit(), 0)
+        self.assertIn("unknown policy 'nope'", server.output())
+        self.assertIn("password", server.output())
 
 
 class ShutdownTests(unittest.TestCase):
@@ -178,28 +133,23 @@ class ShutdownTests(unittest.TestCase):
 
     @asyncTest
     async def test_sigterm(self):
-        port = freePort()
-        proc = await runTwistd("-n", "--pidfile=", "ahoyconference",
-                               f"--port=tcp:{port}:interface=127.0.0.1")
+        server = twistd(self)
         clients = []
         try:
-            await waitForPort(port, proc)
+            await server.awaitPort()
             for _ in range(3):
-                c = await Client.connect(f"ws://127.0.0.1:{port}/")
+                c = await Client.connect(server.url)
                 clients.append(c)
             await clients[0].request("CONFERENCE_CREATE_request", conferenceID="r")
             for c in clients:
                 r = await c.request("CONFERENCE_JOIN_request", conferenceID="r", name="x")
                 self.assertEqual(r["status"], 200)
-            proc.terminate()
+            server.signal(signal.SIGTERM)
             codes = await asyncio.wait_for(asyncio.gather(*[c.closed for c in clients]), 10)
             self.assertEqual(set(codes), {1001})
-            out = await asyncio.wait_for(proc.communicate(), 10)
-            self.assertEqual(proc.returncode, 0, out)
+            self.assertEqual(await server.awaitExit(10), 0, server.output())
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await server.astop()
             for c in clients:
                 await c.close()
 
@@ -209,20 +159,12 @@ class ReloadTests(unittest.TestCase):
 
     @asyncTest
     async def test_sighup(self):
-        import signal
-
-        port = freePort()
-        tmp = os.path.abspath(self.mktemp())
-        os.makedirs(tmp)
-        config = os.path.join(tmp, "ahoy.toml")
-        with open(config, "w") as f:
-            f.write("[limits]\nmax_chat_bytes = 1000\n")
-        proc = await runTwistd("-n", "--pidfile=", "ahoyconference", f"--config={config}",
-                               f"--port=tcp:{port}:interface=127.0.0.1")
+        server = twistd(self, "[limits]\nmax_chat_bytes = 1000\n")
+        config = next(a for a in server.argv if a.startswith("--config=")).split("=", 1)[1]
         clients = []
         try:
-            await waitForPort(port, proc)
-            a = await Client.connect(f"ws://127.0.0.1:{port}/")
+            await server.awaitPort()
+            a = await Client.connect(server.url)
             clients.append(a)
             await a.request("CONFERENCE_CREATE_request", conferenceID="r")
             await a.request("CONFERENCE_JOIN_request", conferenceID="r", name="a")
@@ -230,49 +172,46 @@ class ReloadTests(unittest.TestCase):
             self.assertEqual(r["status"], 400)
             with open(config, "w") as f:
                 f.write('[limits]\nmax_chat_bytes = 5000\n[[rooms]]\nid = "new-room"\n')
-            proc.send_signal(signal.SIGHUP)
+            server.signal(signal.SIGHUP)
             for _ in range(100):
                 r = await a.request("CHAT_MESSAGE_request", message={"text": "x" * 2000})
                 if r["status"] == 200:
                     break
                 await asyncio.sleep(0.05)
             self.assertEqual(r["status"], 200)
-            b = await Client.connect(f"ws://127.0.0.1:{port}/")
+            b = await Client.connect(server.url)
             clients.append(b)
             r = await b.request("CONFERENCE_JOIN_request", conferenceID="new-room", name="b")
             self.assertEqual(r["status"], 200)
             # A broken file keeps the running configuration.
             with open(config, "w") as f:
                 f.write("[limits]\nmax_chat_bytes = 'lots'\n")
-            proc.send_signal(signal.SIGHUP)
+            server.signal(signal.SIGHUP)
             await asyncio.sleep(0.5)
             r = await a.request("CHAT_MESSAGE_request", message={"text": "x" * 2000})
             self.assertEqual(r["status"], 200)
-            self.assertIsNone(proc.returncode)
+            self.assertIsNone(server.returncode)
         finally:
             for c in clients:
                 await c.close()
-            out = await stop(proc)
-        self.assertIn(b"configuration reloaded", out)
-        self.assertIn(b"reload failed, keeping the running configuration", out)
+            await server.astop()
+        out = server.output()
+        self.assertIn("configuration reloaded", out)
+        self.assertIn("reload failed, keeping the running configuration", out)
 
     @asyncTest
     async def test_sighupWithoutConfig(self):
         """Without --config, SIGHUP is logged and changes nothing (the process lives)."""
-        import signal
-
-        port = freePort()
-        proc = await runTwistd("-n", "--pidfile=", "ahoyconference",
-                               f"--port=tcp:{port}:interface=127.0.0.1")
+        server = twistd(self)
         try:
-            await waitForPort(port, proc)
-            proc.send_signal(signal.SIGHUP)
+            await server.awaitPort()
+            server.signal(signal.SIGHUP)
             await asyncio.sleep(0.5)
-            c = await Client.connect(f"ws://127.0.0.1:{port}/")
+            c = await Client.connect(server.url)
             r = await c.request("CONFERENCE_CREATE_request")
             self.assertEqual(r["status"], 200)
             await c.close()
         finally:
-            out = await stop(proc)
-        self.assertEqual(proc.returncode, 0, out)
-        self.assertIn(b"no --config file to re-read", out)
+            code = await server.astop()
+        self.assertEqual(code, 0, server.output())
+        self.assertIn("no --config file to re-read", server.output())
