@@ -11,7 +11,7 @@ line, and runs until it is killed.
 
 Reports: C{{"event": "joined", "memberID": ...}}, C{{"event": "connected"}}
 (its peer connection is up), and for a subscriber C{{"event": "frames",
-"count": n}} every half second.  Media stays on 127.0.0.1 (design.md 7),
+"count": n}} every half second.  Media stays on 127.0.0.1 (docs/architecture.md, Tests),
 or on C{--host-address} inside a namespace of L{tests.netbed}.
 """
 

@@ -22,7 +22,7 @@ def guardDatagrams(testCase) -> list[tuple[str, int, int]]:
     """
     From now until the test ends, a datagram this process tries to send to
     any address but 127.0.0.1 is not sent but recorded as C{(host, port,
-    size)} in the returned list (design.md 7: media stays on loopback).
+    size)} in the returned list (docs/architecture.md, Tests: media stays on loopback).
 
     Every UDP socket of aioice (and so of aiortc and of the engine's fast
     path, which keeps the transport's bound C{sendto}) is an asyncio

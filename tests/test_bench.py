@@ -4,7 +4,7 @@ A smoke test of the benchmark harness (C{bench/load.py}): one publisher, two
 subscribers, for a few seconds, against an in-process server with the aiortc
 media engine (never against Janus).  It checks that packets arrive and that
 the JSON result has every field C{bench/report.py} reads; there is no speed
-bound (speed is bench/'s business, design.md 7).
+bound (speed is bench/'s business, docs/architecture.md, Tests).
 
 The load generator runs as a subprocess (it patches aiortc and aioice when
 imported, which must not leak into this process); all media stays on

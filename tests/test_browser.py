@@ -10,7 +10,7 @@ test can look at the server's state and use the protocol-level test client
 second process to start, find a port for, or clean up; Chromium itself is a
 child process of Playwright's driver, and Playwright owns its lifetime.
 
-Chromium gets the flags of design.md 7 (fake camera and microphone, loopback
+Chromium gets the flags of docs/architecture.md, Tests (fake camera and microphone, loopback
 allowed in WebRTC, no mDNS host names) and every page is opened with
 C{?loopbackOnly=1}, so the answers it sends carry 127.0.0.1 candidates only;
 the server gathers on 127.0.0.1 only (L{tests.helpers.testConfig}).  The

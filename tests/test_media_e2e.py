@@ -119,7 +119,7 @@ class MdnsCandidateTests(TestCase):
     """
     Browsers hide their host address behind an mDNS name (C{….local}); the
     server drops such candidates and learns the address from the client's
-    connectivity checks (peer-reflexive), design.md 7.
+    connectivity checks (peer-reflexive), docs/architecture.md, Tests.
     """
 
     timeout = 120

@@ -182,3 +182,26 @@ class MdnsTests(TestCase):
         self.assertTrue(out.endswith("\r\n"))
         plain = sdp.replace("3f1c2a4e-1b2c-4d5e-8f90-123456789abc.local", "127.0.0.2")
         self.assertEqual(dropMdnsCandidates(plain), plain)
+
+
+class UsableCandidatesTests(TestCase):
+    """L{sdp.usableCandidates}."""
+
+    def test_droppedMeansWaitForChecks(self):
+        """
+        When a candidate is dropped (here: outside the allowed networks), so
+        is C{a=end-of-candidates}: ICE then waits for the client's own checks
+        (peer-reflexive, e.g. through its NAT) instead of failing at once.
+        """
+        answer = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\n"
+                  "a=candidate:1 1 udp 2130706431 192.0.2.10 40000 typ host\r\n"
+                  "a=end-of-candidates\r\n")
+        out, dropped = sdp.usableCandidates(answer, ("203.0.113.10",),
+                                            allowed=lambda address: address != "192.0.2.10")
+        self.assertEqual(dropped, 1)
+        self.assertNotIn("a=candidate", out)
+        self.assertNotIn("end-of-candidates", out)
+        kept, dropped = sdp.usableCandidates(answer, ("203.0.113.10",),
+                                             allowed=lambda address: True)
+        self.assertEqual(dropped, 0)
+        self.assertIn("a=end-of-candidates", kept)

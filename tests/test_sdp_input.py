@@ -12,7 +12,7 @@ ICE candidates for addresses the server cannot or must not reach (other
 networks than its host addresses, mDNS names, multicast, broken ports) are
 dropped from an answer before aioice sees them, and so are candidates past
 a small limit: every datagram of this process is checked to stay on
-127.0.0.1 (L{tests.reliability.guardDatagrams}), design.md 7.
+127.0.0.1 (L{tests.reliability.guardDatagrams}), docs/architecture.md, Tests.
 
 Run with C{trial --reactor=asyncio}.
 """

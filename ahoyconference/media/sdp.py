@@ -231,7 +231,8 @@ def usableCandidates(sdp: str, hostAddresses: tuple[str, ...],
     a test of an address, L{ahoyconference.media.ice.RemoteNetworks}), those
     with a bad port, and every one past C{limit} in an m-section.
     Connectivity checks from the client still reveal its real address
-    (peer-reflexive), as with browsers' mDNS candidates; they are subject
+    (peer-reflexive), as with browsers' mDNS candidates (so when anything
+    was dropped, C{a=end-of-candidates} goes too); they are subject
     to the same networks (L{ahoyconference.media.hooks.guardChecks}).
 
     @return: the SDP and how many candidates were dropped.
@@ -256,6 +257,10 @@ def usableCandidates(sdp: str, hostAddresses: tuple[str, ...],
                 continue
             kept += 1
         out.append(line)
+    if dropped:
+        # As for mDNS candidates: ICE must keep waiting for the client's own
+        # checks (peer-reflexive), not fail at once for want of candidates.
+        out = [line for line in out if line != "a=end-of-candidates"]
     return "\r\n".join(out) + "\r\n", dropped
 
 
