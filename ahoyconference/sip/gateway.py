@@ -5,9 +5,7 @@ L{SipGateway}: the conference gateway, SIP's transaction user
 conference: INVITE with an SDP offer, our answer, the PIN prompt when the
 conference has a password, then the phone is a member without WebRTC.
 
-Every refusal has a SIP status, a log line and a counter
-(C{ahoy_sip_refused{status}}): unknown conference 404, full 486, locked 480,
-wrong PIN three times BYE, not an allowed peer: dropped.
+Every refusal has a SIP status, a log line and a counter (docs/sip.md).
 """
 
 from __future__ import annotations
@@ -26,7 +24,8 @@ from ahoyconference.sip.auth import DigestAuth
 from ahoyconference.sip.call import SIP_STATUS, PhoneCall
 from ahoyconference.sip.dialog import Dialog
 from ahoyconference.sip.message import Message, NameAddr, SipParseError, SipUri
-from ahoyconference.sip.rtp import DIGITS, PortRange, RtpSocket
+from ahoyconference.sip.rtp import PortRange, RtpSocket, infoKey
+from ahoyconference.sip.timer import IntervalTooSmall, negotiate, refresh
 from ahoyconference.sip.transaction import ServerTransaction, Transactions
 from ahoyconference.sip.transport import (
     Origin,
@@ -180,28 +179,13 @@ class SipGateway(Service):
         self._newCall(txn)
 
     def _sessionExpires(self, txn: ServerTransaction) -> tuple[int, str] | None:
-        """
-        RFC 4028: the interval and refresher we answer; C{None} when the
-        request was answered with 422 (too small).
-        """
-        msg = txn.request
-        supported = {s.lower() for s in msg.getAll("Supported")}
-        value = msg.get("Session-Expires")
-        if value is None:
-            return (0, "uac") if "timer" not in supported else (self.settings.session_expires,
-                                                                "uac")
-        head, _, params = value.partition(";")
-        if not head.strip().isdigit():
-            raise SipParseError("bad Session-Expires")
-        interval = int(head.strip())
-        if interval < self.settings.min_se:
-            self._refuse(txn, 422, f"session interval {interval} s too small",
+        """RFC 4028: the interval and refresher; C{None} when answered 422."""
+        try:
+            return negotiate(txn.request, self.settings.session_expires, self.settings.min_se)
+        except IntervalTooSmall as e:
+            self._refuse(txn, 422, f"session interval {e.args[0]} s too small",
                          extra=[["Min-SE", str(self.settings.min_se)]])
             return None
-        refresher = "uas" if "refresher=uas" in params.replace(" ", "").lower() else "uac"
-        if "timer" not in supported:
-            refresher = "uas"  # RFC 4028 9: the UAC cannot refresh, so we do
-        return interval, refresher
 
     def _newCall(self, txn: ServerTransaction) -> None:
         msg = txn.request
@@ -390,18 +374,8 @@ class SipGateway(Service):
         if call is None:
             return
         ctype = txn.request.get("Content-Type", "").split(";")[0].strip().lower()
-        body = txn.request.body.decode("utf-8", "replace")
-        key = None
-        if ctype == "application/dtmf-relay":
-            for line in body.splitlines():
-                name, _, value = line.partition("=")
-                if name.strip().lower() == "signal":
-                    key = value.strip().upper()
-        elif ctype == "application/dtmf":
-            key = body.strip().upper()
-        if key in ("10", "11"):
-            key = "*" if key == "10" else "#"
-        if key is None or len(key) != 1 or key not in DIGITS:
+        key = infoKey(ctype, txn.request.body.decode("utf-8", "replace"))
+        if key is None:
             self._refuse(txn, 415, f"INFO with {ctype or 'no body type'}")
             return
         txn.reply(200, toTag=call.dialog.localTag)
@@ -417,27 +391,7 @@ class SipGateway(Service):
 
     def refresh(self, call: PhoneCall) -> None:
         """We are the refresher (RFC 4028): a re-INVITE with the same SDP."""
-        if call.state == "ended":
-            return
-        extra = [["Supported", "timer"], ["Content-Type", "application/sdp"],
-                 ["Session-Expires", f"{call.interval};refresher=uas"]]
-        request = call.dialog.request("INVITE", body=call.answer.encode(), extra=extra)
-        cseq = call.dialog.localSeq
-        d = self.transactions.send(request, call.dialog.origin)
-
-        def done(resp):
-            if resp is None or call.state == "ended":
-                return
-            if 200 <= resp.status < 300:
-                ack = call.dialog.ack(cseq)
-                self.transactions.send(ack, call.dialog.origin)
-                call.setSessionTimer(call.interval, "uas")
-            elif resp.status in (408, 481):
-                call.hangup(f"refresh failed ({resp.status})")
-            else:
-                call.setSessionTimer(call.interval, "uas")
-
-        d.addCallback(done)
+        refresh(self.transactions, call)
 
     def ended(self, call: PhoneCall) -> None:
         """A call is over: forget it."""

@@ -27,6 +27,24 @@ FRAME = 160
 """Samples per 20 ms at 8 kHz."""
 
 
+def infoKey(contentType: str, body: str) -> str | None:
+    """
+    The key of a SIP INFO (the fallback of RFC 4733): C{application/dtmf-relay}
+    (C{Signal=5}) or C{application/dtmf} (C{5}); C{None} for anything else.
+    """
+    key = None
+    if contentType == "application/dtmf-relay":
+        for line in body.splitlines():
+            name, _, value = line.partition("=")
+            if name.strip().lower() == "signal":
+                key = value.strip().upper()
+    elif contentType == "application/dtmf":
+        key = body.strip().upper()
+    if key in ("10", "11"):
+        key = "*" if key == "10" else "#"
+    return key if key is not None and len(key) == 1 and key in DIGITS else None
+
+
 def _tone(parts) -> list[list[int]]:
     """C{[(frequency or 0, milliseconds), ...]} → 20 ms frames of samples."""
     samples: list[int] = []
