@@ -91,6 +91,50 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SipSettings:
+    """
+    The C{[sip]} table: telephones dial in (docs/sip.md).
+
+    @ivar listen: C{"udp:ADDRESS:PORT"} and C{"tcp:ADDRESS:PORT"} entries.
+    @ivar peers: addresses or networks (CIDR) that may send SIP (a PBX or trunk).
+    @ivar rtp_address: the address RTP is received on and announced in SDP;
+        empty means the first listen address.
+    @ivar rtp_ports: the first and last RTP port (one even port per call).
+    @ivar max_speakers: how many members a phone's mix decodes at most.
+    @ivar session_expires: the session interval (RFC 4028) when the caller asks none.
+    @ivar min_se: the shortest session interval taken (RFC 4028 Min-SE).
+    @ivar pin_attempts: wrong PINs before the call is ended.
+    @ivar auth_username: with C{auth_password}, callers must authenticate
+        (SIP digest); empty: the peer list is the only guard.
+    @ivar auth_password: the digest password.
+    """
+
+    listen: tuple[str, ...] = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")
+    peers: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    rtp_address: str = ""
+    rtp_ports: tuple[int, int] = (20000, 20999)
+    max_speakers: int = 3
+    session_expires: int = 1800
+    min_se: int = 90
+    pin_attempts: int = 3
+    auth_username: str = ""
+    auth_password: str = field(default="", repr=False)
+
+    def listenAddresses(self) -> list[tuple[str, str, int]]:
+        """C{(transport, address, port)} of every C{listen} entry."""
+        out = []
+        for entry in self.listen:
+            transport, _, rest = entry.partition(":")
+            address, _, port = rest.rpartition(":")
+            out.append((transport, address.strip("[]"), int(port)))
+        return out
+
+    def rtpAddress(self) -> str:
+        """Where RTP is received and what SDP announces."""
+        return self.rtp_address or self.listenAddresses()[0][1]
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, frozen."""
 
@@ -112,6 +156,8 @@ class Config:
     log_level: str = "info"
     #: The C{[cluster]} table (checked), or C{None}: the server runs alone.
     cluster: dict | None = None
+    #: The C{[sip]} table, or C{None}: no SIP (docs/sip.md).
+    sip: SipSettings | None = None
     path: str | None = None
 
     def replace(self, **changes: Any) -> Config:
@@ -169,6 +215,18 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "node_id": ((str,), None),
         "ttl": (_NUM, 1),
         "record_ttl": (_NUM, 1),
+    },
+    "sip": {
+        "listen": ((list,), None),
+        "peers": ((list,), None),
+        "rtp_address": ((str,), None),
+        "rtp_ports": ((list,), None),
+        "max_speakers": (_INT, 1),
+        "session_expires": (_INT, 90),
+        "min_se": (_INT, 90),
+        "pin_attempts": (_INT, 1),
+        "auth_username": ((str,), None),
+        "auth_password": ((str,), None),
     },
 }
 
@@ -302,6 +360,49 @@ def _turn(path, table: dict) -> TurnSettings:
     return TurnSettings(urls=urls, secret=secret.encode("utf-8"), ttl=ttl)
 
 
+def _sip(path, table) -> SipSettings:
+    """The C{[sip]} table, checked (docs/sip.md)."""
+    import ipaddress
+
+    sip = _checkTable(path, "sip", table, SCHEMA["sip"])
+    listen = _strings(path, "[sip] listen", sip.get("listen", list(SipSettings.listen)))
+    if not listen:
+        _fail(path, "[sip] listen", "needs at least one address")
+    for entry in listen:
+        transport, _, rest = entry.partition(":")
+        address, colon, port = rest.rpartition(":")
+        if transport not in ("udp", "tcp") or not colon or not port.isdigit() \
+                or not 0 < int(port) < 65536:
+            _fail(path, "[sip] listen", f"{entry!r} is not udp:ADDRESS:PORT or tcp:ADDRESS:PORT")
+        try:
+            ipaddress.ip_address(address.strip("[]"))
+        except ValueError:
+            _fail(path, "[sip] listen", f"{address!r} is not an IP address")
+    peers = _strings(path, "[sip] peers", sip.get("peers", list(SipSettings.peers)))
+    for peer in peers:
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            _fail(path, "[sip] peers", f"{peer!r} is not an address or a network")
+    ports = sip.get("rtp_ports", list(SipSettings.rtp_ports))
+    if (len(ports) != 2 or not all(_isType(p, _INT) for p in ports)
+            or not 1024 <= ports[0] < ports[1] < 65536):
+        _fail(path, "[sip] rtp_ports", f"must be [first, last] with 1024 <= first < last < 65536, "
+              f"not {ports!r}")
+    address = sip.get("rtp_address", "")
+    if address:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            _fail(path, "[sip] rtp_address", f"{address!r} is not an IP address")
+    if bool(sip.get("auth_username")) != bool(sip.get("auth_password")):
+        _fail(path, "[sip] auth_password", "auth_username and auth_password go together")
+    if sip.get("session_expires", 1800) < sip.get("min_se", 90):
+        _fail(path, "[sip] session_expires", "must not be below min_se")
+    rest = {k: v for k, v in sip.items() if k not in ("listen", "peers", "rtp_ports")}
+    return SipSettings(listen=listen, peers=peers, rtp_ports=(ports[0], ports[1]), **rest)
+
+
 def parseConfig(data: dict, path: str | None = None) -> Config:
     """
     Validate a parsed TOML document into a L{Config}.
@@ -327,6 +428,8 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
             _fail(path, "[cluster] redis", "must be a redis://, rediss:// or unix:// URL")
         if not cluster["node_url"].startswith(("ws://", "wss://")):
             _fail(path, "[cluster] node_url", "must be a ws:// or wss:// URL")
+
+    sip = _sip(path, data["sip"]) if "sip" in data else None
 
     for name in ("max_message_bytes", "max_chat_bytes", "max_members", "max_conferences"):
         if name in limitsTable and limitsTable[name] < 1:
@@ -405,6 +508,7 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
         metrics_allow=_strings(path, "[metrics] allow", metrics.get("allow", ["127.0.0.1", "::1"])),
         log_level=logLevel,
         cluster=cluster,
+        sip=sip,
         path=path,
     )
 

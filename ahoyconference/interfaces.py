@@ -362,3 +362,32 @@ class IMediaEngine(Interface):
 
     def close():
         """Close everything.  @return: a Deferred that fires when done."""
+
+
+class IPlainMediaEngine(Interface):
+    """
+    A media engine that also takes members without WebRTC: telephones
+    (docs/sip.md).  Their audio is plain RTP handed in by the SIP gateway,
+    and what they hear is made from the other members' packets.
+    """
+
+    def publishPlain(memberID: str, codecs: dict, clockRates: dict):
+        """
+        The member publishes audio that the caller hands in as decrypted
+        RTP; subscriptions to it offer its codecs (G.711: no transcoding).
+
+        @param codecs: payload type → codec key (C{(mime, rate, "", "")}).
+        @param clockRates: payload type → clock rate.
+        @return: C{(packet, level)}: call C{packet(data)} per RTP packet and
+            C{level(now, dBov)} with its audio level (0 loudest .. 127).
+        """
+
+    def tapAudio(listenerID: str, publisherID: str, deliver):
+        """
+        Hand the publisher's audio packets (unencrypted) to
+        C{deliver(publisherID, packet, levelExtensionId)} until
+        L{untapAudio} or until either member is removed.
+        """
+
+    def untapAudio(listenerID: str, publisherID: str):
+        """End a tap (nothing happens if there is none)."""

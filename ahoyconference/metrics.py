@@ -81,6 +81,9 @@ class ServiceCollector:
             for value, count in sorted(service.counters[key].items()):
                 family.add_metric([str(value)], count)
             yield family
+        sip = getattr(service, "sip", None)
+        if sip is not None:
+            yield from _sipMetrics(sip)
         directory = getattr(service, "directory", None)
         if directory is not None:
             yield from _clusterMetrics(directory)
@@ -98,6 +101,27 @@ _REFUSALS = (
     ("ahoy_backlog", "Per-connection request backlog: reading paused, connections dropped "
      "over the bound, frames not run because their connection was gone.", "event", "backlog"),
 )
+
+
+def _sipMetrics(gateway):
+    """The SIP gateway's counters (docs/sip.md)."""
+    yield GaugeMetricFamily("ahoy_sip_calls_active", "Phone calls now.", value=len(gateway.calls))
+    for name, label, text in (
+            ("calls", "what", "Phone calls: total, joined, hung_up, bye_sent, cancelled."),
+            ("requests", "method", "SIP requests received, by method."),
+            ("responses", "status", "Final SIP responses sent, by status."),
+            ("refused", "status", "Calls and requests refused, by SIP status."),
+            ("dropped", "kind", "SIP messages and RTP packets dropped, by kind."),
+            ("timeouts", "what", "SIP timeouts: ack, session, and requests we sent."),
+            ("retransmissions", "what", "Retransmitted requests answered again."),
+            ("pin_failures", "what", "Wrong PINs entered."),
+            ("auth", "verdict", "Digest authentication of INVITEs: missing, ok, stale, wrong."),
+            ("mixer", "what", "Phone mixes: packets decoded, skipped (not among the loudest), "
+                              "errors (undecodable), overflow (samples dropped), late_frames.")):
+        family = CounterMetricFamily(f"ahoy_sip_{name}", text, labels=[label])
+        for key, count in sorted(gateway.counters[name].items(), key=lambda kv: str(kv[0])):
+            family.add_metric([str(key)], count)
+        yield family
 
 
 def _clusterMetrics(directory):

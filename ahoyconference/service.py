@@ -60,6 +60,8 @@ class ConferenceService(MultiService):
         super().__init__()
         self.config = config
         self.directory = directory
+        #: The SIP gateway (docs/sip.md) when C{[sip]} is configured, else C{None}.
+        self.sip = None
         self.clock = clock
         self.policy = policy
         self.conferences: dict[str, Conference] = {}
@@ -372,7 +374,8 @@ class ConferenceService(MultiService):
             current.checkJoin()
             if len(self.members) >= self.config.limits.max_members:
                 raise ProtocolError(503, detail="too many members")
-            member = Member(params["name"], role, client, sink)
+            member = Member(params["name"], role, client, sink,
+                            webrtc=params.get("webrtc", True))  # False: a phone (docs/sip.md)
             fields = current.add(member)
             # docs/protocol.md 4.11: TURN credentials of this member, if configured.
             servers = iceServers(self.config.ice.turn, member.memberID, self.clock.seconds())

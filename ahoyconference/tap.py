@@ -227,6 +227,11 @@ def buildService(config: Config, reactor) -> MultiService:
                   node_id=directory.nodeID, url=config.cluster["node_url"],
                   redis=directory.safeURL)
     service.setServiceParent(top)
+    if config.sip is not None:
+        from ahoyconference.sip.gateway import SipGateway
+
+        service.sip = SipGateway(service, config.sip, reactor)
+        service.sip.setServiceParent(top)
     site = makeSite(service)
     for description in config.ports:
         strports.service(description, site).setServiceParent(top)

@@ -188,6 +188,41 @@ class ErrorTests(unittest.TestCase):
 
     # -- the file itself
 
+    def test_sip(self):
+        """[sip]: listen addresses, peers, the RTP range; defaults for the rest."""
+        from ahoyconference.config import SipSettings
+
+        config = parseConfig({"sip": {"listen": ["udp:10.0.0.5:5080", "tcp:[::1]:5080"],
+                                      "peers": ["192.0.2.0/24"], "rtp_ports": [30000, 30100],
+                                      "pin_attempts": 5}})
+        self.assertEqual(config.sip.listenAddresses(),
+                         [("udp", "10.0.0.5", 5080), ("tcp", "::1", 5080)])
+        self.assertEqual(config.sip.rtpAddress(), "10.0.0.5")
+        self.assertEqual(config.sip.rtp_ports, (30000, 30100))
+        self.assertEqual(config.sip.pin_attempts, 5)
+        self.assertEqual(config.sip.max_speakers, SipSettings().max_speakers)
+        self.assertIsNone(parseConfig({}).sip)
+        self.assertEqual(parseConfig({"sip": {}}).sip, SipSettings())
+
+    def test_sipErrors(self):
+        """Each wrong [sip] value is one error naming the key."""
+        for table, key in (({"listen": ["sctp:1.2.3.4:5060"]}, "[sip] listen"),
+                           ({"listen": ["udp:example.org:5060"]}, "[sip] listen"),
+                           ({"listen": ["udp:1.2.3.4:70000"]}, "[sip] listen"),
+                           ({"listen": []}, "[sip] listen"),
+                           ({"peers": ["10.0.0.0/33"]}, "[sip] peers"),
+                           ({"rtp_ports": [20000]}, "[sip] rtp_ports"),
+                           ({"rtp_ports": [30000, 20000]}, "[sip] rtp_ports"),
+                           ({"rtp_ports": [80, 2000]}, "[sip] rtp_ports"),
+                           ({"rtp_address": "here"}, "[sip] rtp_address"),
+                           ({"min_se": 30}, "[sip] min_se"),
+                           ({"session_expires": 100, "min_se": 200}, "[sip] session_expires"),
+                           ({"max_speakers": 0}, "[sip] max_speakers"),
+                           ({"pin": "1"}, "[sip] pin"),
+                           ({"auth_username": "pbx"}, "[sip] auth_password")):
+            e = self.assertRaises(ConfigError, parseConfig, {"sip": table})
+            self.assertIn(key, str(e))
+
     def test_unreadableFile(self):
         missing = os.path.join(self.mktemp(), "nope.toml")
         with self.assertRaises(ConfigError) as caught:
@@ -282,6 +317,10 @@ class DocumentedConfigTests(unittest.TestCase):
         config = parseConfig(tomllib.loads(_uncommented(self.text)), DOC)
         self.assertEqual(config.rooms[0].conferenceID, "lobby")
         self.assertEqual(config.ice.public_address, "203.0.113.7")
+        from ahoyconference.config import SipSettings
+
+        self.assertEqual(config.sip, SipSettings(rtp_address="127.0.0.1", auth_username="pbx",
+                                                 auth_password="change-me"))
 
     def test_everyKeyExplained(self):
         """Each setting (on or commented out) comes right after a line of explanation."""

@@ -28,6 +28,21 @@ class InterfaceTests(unittest.TestCase):
     def test_noMediaEngine(self):
         self.assertTrue(verifyObject(IMediaEngine, NoMediaEngine()))
 
+    def test_aiortcEngineTakesPhones(self):
+        """The aiortc engine provides both engine interfaces (docs/sip.md)."""
+        from twisted.internet.task import Clock
+
+        from ahoyconference.config import IceSettings
+        from ahoyconference.interfaces import IPlainMediaEngine
+        from ahoyconference.media.engine import AiortcMediaEngine
+
+        service = ConferenceService(Config(), Clock(), PasswordPolicy(), NoMediaEngine)
+        engine = AiortcMediaEngine(service, IceSettings(host_addresses=("127.0.0.1",)), Clock())
+        self.addCleanup(engine._uninstallHosts)
+        self.assertTrue(verifyObject(IMediaEngine, engine))
+        self.assertTrue(verifyObject(IPlainMediaEngine, engine))
+        self.assertFalse(IPlainMediaEngine.providedBy(NoMediaEngine()))
+
     def test_serviceIsMediaListener(self):
         from twisted.internet.task import Clock
 

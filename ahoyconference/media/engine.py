@@ -34,7 +34,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ahoyconference.config import IceSettings
-from ahoyconference.interfaces import IMediaEngine, IMediaListener, ProtocolError
+from ahoyconference.interfaces import (
+    IMediaEngine,
+    IMediaListener,
+    IPlainMediaEngine,
+    ProtocolError,
+)
 from ahoyconference.logs import logger
 from ahoyconference.media import hooks
 from ahoyconference.media import sdp as _sdp
@@ -89,7 +94,7 @@ def _deferred(coro) -> Deferred:
     return Deferred.fromFuture(asyncio.ensure_future(coro))
 
 
-@implementer(IMediaEngine)
+@implementer(IMediaEngine, IPlainMediaEngine)
 class AiortcMediaEngine:
     """
     The default L{IMediaEngine}: aiortc for ICE/DTLS/SRTP/SDP, our own
@@ -125,6 +130,7 @@ class AiortcMediaEngine:
                                    self._staleSsrc, self.faults)
         self._streams = self._media.streams
         self._subscriptions = SubscriptionTable()
+        self._taps: dict[tuple[str, str], OutStream] = {}
         self._closed = False
         self.counters = Counter()
         self._connections = PeerConnections(ice, clock, iceTimeout, self._peerConnected,
@@ -381,6 +387,8 @@ class AiortcMediaEngine:
             conn = pub.current if pub is not None else None
             if conn is not None and kind in conn.negotiated:
                 keys = set(conn.negotiated[kind].codecs.values())
+            elif pub is not None and pub.plainCodecs and kind == "audio":
+                keys = set(pub.plainCodecs.values())  # a phone: offer its codec (G.711)
             preferences = codecPreferences(kind, keys)
             if not any(c.mimeType.lower() != "video/rtx" for c in preferences):
                 preferences = codecPreferences(kind)
@@ -463,6 +471,62 @@ class AiortcMediaEngine:
         self._connections.close(sub)
         _log.info("{what} ended", what=sub.describe())
 
+    # -- non-WebRTC members (phones, docs/sip.md) -----------------------------
+
+    def publishPlain(self, memberID, codecs, clockRates):
+        """
+        A publisher without WebRTC (a phone): its plain, decrypted RTP audio
+        is handed in packet by packet; subscriptions to it are offered its
+        codecs (G.711), so browsers get it as it came.
+
+        @param codecs: payload type → codec key (L{_sdp.codecKey}).
+        @param clockRates: payload type → clock rate.
+        @return: C{(packet, level)}: call C{packet(data)} with each RTP
+            packet, C{level(now, dBov)} with the audio level of each
+            (0 loudest .. 127 silence), for speaking detection.
+        """
+        self._checkOpen()
+        pub = self._publishers.get(memberID)
+        if pub is None:
+            pub = self._publishers[memberID] = Publisher(memberID)
+        pub.kinds = ("audio",)
+        pub.plainCodecs = dict(codecs)
+        stream = self._media.streamFor(memberID, "audio")
+        stream.configure(codecs, clockRates, 0, 0)
+        if not self._ticker.running:
+            self._ticker.start(self._reportInterval, now=False)
+        _log.info("member {member_id} publishes plain RTP audio", member_id=short(memberID))
+        return stream.packet, stream.onLevel  # onLevel: the member's speaking detector
+
+    def tapAudio(self, listenerID, publisherID, deliver):
+        """
+        Hand a publisher's audio packets, unencrypted and renumbered as for
+        a subscriber, to C{deliver(publisherID, packet, levelId)} (the RFC
+        6464 extension id, 0 for none): how a phone's mixer
+        hears the room.  The tap goes with either member (L{removeMember})
+        or with L{untapAudio}.
+        """
+        self._checkOpen()
+        self.untapAudio(listenerID, publisherID)
+        ptByKey = {("audio/opus", 48000, "", ""): 111, ("audio/pcmu", 8000, "", ""): 0,
+                   ("audio/pcma", 8000, "", ""): 8}
+
+        stream = self._media.streamFor(publisherID, "audio")
+
+        def sendto(data, addr):
+            deliver(publisherID, data, stream.levelId)
+
+        out = OutStream("audio", 0, ptByKey, {}, None, 0, bytes, sendto, None)
+        self._taps[(listenerID, publisherID)] = out
+        stream.attach(out)
+
+    def untapAudio(self, listenerID, publisherID):
+        """End one tap (nothing happens if there is none)."""
+        out = self._taps.pop((listenerID, publisherID), None)
+        stream = self._streams.get((publisherID, "audio"))
+        if out is not None and stream is not None:
+            stream.detach(out)
+
     # -- members, stats, timers -------------------------------------------------
 
     def removeMember(self, memberID):
@@ -476,6 +540,8 @@ class AiortcMediaEngine:
             self.unpublish(memberID)
             for key in self._subscriptions.keysOf(memberID):
                 self.unsubscribe(*key)
+            for key in [k for k in self._taps if memberID in k]:
+                self.untapAudio(*key)
         finally:
             self._media.remove(memberID)
 

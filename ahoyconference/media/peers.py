@@ -59,6 +59,8 @@ def codecPreferences(kind: str, keys: set | None = None) -> list:
     """Codec capabilities to offer: opus; VP8 then H264 with RTX; or those of C{keys}."""
     caps = RTCRtpSender.getCapabilities(kind).codecs
     wanted = ("audio/opus",) if kind == "audio" else ("video/vp8", "video/h264")
+    if kind == "audio" and keys is not None:
+        wanted += ("audio/pcmu", "audio/pcma")  # a phone's codecs (docs/sip.md)
     chosen = [c for c in caps if c.mimeType.lower() in wanted
               and (keys is None or _sdp.codecKey(c) in keys)]
     chosen.sort(key=lambda c: wanted.index(c.mimeType.lower()))
@@ -284,3 +286,5 @@ class Publisher:
         self.lastPli = -math.inf
         self.pliTimer = None
         self.reportCall = None
+        #: payload type → codec key of a non-WebRTC publisher (a phone), else empty.
+        self.plainCodecs: dict = {}
