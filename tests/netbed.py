@@ -102,6 +102,10 @@ def hostState() -> dict:
     # Packet counters ("[12:345]") change by themselves; the rules must not.
     rules = [re.sub(r"\[\d+:\d+\]", "", line) for line in rules]
     netns = sorted(line.split()[0] for line in _run("ip", "netns", "list").splitlines() if line)
+    # Another process's bed (another test run or a benchmark on this machine)
+    # comes and goes by itself: only this process's namespaces count.
+    own = f"ahoynb{os.getpid()}-"
+    netns = [n for n in netns if not n.startswith("ahoynb") or n.startswith(own)]
     return {"links": links, "iptables": rules, "netns": netns}
 
 
