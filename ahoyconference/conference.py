@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_api -*-
+# -*- test-case-name: tests.test_rules -*-
 """
 Conferences and their members: state and rules (roles, lock, limits, mute,
 chat, time limit), with no I/O.
@@ -248,6 +248,29 @@ class Conference:
         """Lock or unlock; everyone is told (protocol.md 4.3)."""
         self.locked = locked
         self.broadcast({"messageType": "CONFERENCE_LOCK_indication", "locked": locked})
+
+    def videoCap(self, requested: int) -> int:
+        """The effective video bitrate cap, kbit/s: the request's, at most the room's (4.5)."""
+        if self.settings.maxVideoBitrate:
+            return min(requested, self.settings.maxVideoBitrate)
+        return requested
+
+    def share(self, member: Member, wanted: dict) -> list[str]:
+        """
+        The member shares (or stops sharing) these kinds (protocol.md 4.5):
+        a kind it shares is announced unmuted unless a moderator muted it.
+
+        @param wanted: kind → shared.
+        @return: the kinds it no longer shares.
+        """
+        stopped = []
+        for kind in KINDS:
+            member.sharing[kind] = wanted[kind]
+            if not wanted[kind]:
+                stopped.append(kind)
+            elif not member.forced[kind]:
+                member.muted[kind] = False
+        return stopped
 
     def mute(self, requester: Member, target: Member, changes: dict) -> list[tuple[str, bool]]:
         """

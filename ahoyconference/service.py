@@ -488,6 +488,22 @@ class ConferenceService(MultiService):
 
     # -- IMediaListener --------------------------------------------------
 
+    def shareChanged(self, member: Member, wanted: dict) -> None:
+        """The member's C{MEDIA_SHARE_request} took effect (conference.py has the rule)."""
+        for kind in member.conference.share(member, wanted):
+            self.mediaAvailable(member.memberID, kind, False)
+
+    def mute(self, requester: Member, target: Member, changes: dict) -> None:
+        """
+        Apply a C{MEDIA_MUTE_request} (the rule: L{Conference.mute}) and stop
+        or resume forwarding where a moderator's mute changed.
+        """
+        for kind, enabled in target.conference.mute(requester, target, changes):
+            self.engine.setForwarding(target.memberID, kind, enabled)
+            _log.info("member {member_id} {what} {kind} of {target_id}",
+                      member_id=requester.memberID[:12], what="unmuted" if enabled else "muted",
+                      kind=kind, target_id=target.memberID[:12])
+
     #: Seconds to wait, when one kind of a share is up, for the other kind
     #: before announcing what is there (protocol.md 4.10: one indication).
     SHARE_GRACE = 3.0

@@ -326,11 +326,7 @@ class Session:
             target = conf.member(params["memberID"])
         if target.conference is None:
             raise ProtocolError(404)
-        for kind, enabled in conf.mute(member, target, changes):
-            self.service.engine.setForwarding(target.memberID, kind, enabled)
-            _log.info("member {member_id} {what} {kind} of {target_id}",
-                      member_id=member.memberID[:12], what="unmuted" if enabled else "muted",
-                      kind=kind, target_id=target.memberID[:12])
+        self.service.mute(member, target, changes)
         return {}
 
     @defer.inlineCallbacks
@@ -341,20 +337,18 @@ class Session:
         conf = member.conference
         engine = self.service.engine
         wanted = {"audio": params["audio"], "video": params["video"]}
-        cap = params["maxVideoBitrate"]
-        if conf.settings.maxVideoBitrate:
-            cap = min(cap, conf.settings.maxVideoBitrate)
+        cap = conf.videoCap(params["maxVideoBitrate"])
         if not any(wanted.values()):
             engine.unpublish(member.memberID)
             self._dropPending("MEDIA_RECEIVE_response")
-            self._shareChanged(member, wanted)
+            self.service.shareChanged(member, wanted)
             return {}
         self._checkPeerConnections(member, 1)
         offer = yield engine.publish(member.memberID, wanted["audio"], wanted["video"], cap)
         if member.conference is None:  # left while the offer was being made
             engine.unpublish(member.memberID)
             raise ProtocolError(409)
-        self._shareChanged(member, wanted)
+        self.service.shareChanged(member, wanted)
 
         def sendOffer():
             tid = secrets.token_hex(16)
@@ -363,14 +357,6 @@ class Session:
             self.send({"messageType": "MEDIA_RECEIVE_request", "sdp": offer, "transactionID": tid})
 
         return {}, sendOffer
-
-    def _shareChanged(self, member: Member, wanted: dict) -> None:
-        for kind in KINDS:
-            member.sharing[kind] = wanted[kind]
-            if not wanted[kind]:
-                self.service.mediaAvailable(member.memberID, kind, False)
-            elif not member.forced[kind]:
-                member.muted[kind] = False
 
     def _dropPending(self, rtype: str, tid: str | None = None) -> None:
         for key in [k for k in self._pending if k[0] == rtype and (tid is None or k[1] == tid)]:

@@ -208,8 +208,7 @@ class PhoneCall:
             self._pinTimer.cancel()
         if member.speaker:
             # A listener's phone only hears (protocol.md 4.2: it may not share).
-            member.sharing["audio"] = True
-            member.muted["audio"] = False
+            member.conference.share(member, {"audio": True, "video": False})
             engine = self.gateway.service.engine
             codec = self.codec
             self._feed, self._level = engine.publishPlain(
