@@ -88,6 +88,43 @@ class Node(ServerProcess):
 class ClusterTests(TestCase):
     """Three nodes, one Redis."""
 
+    @asyncTest
+    async def test_browserFollowsRedirect(self):
+        """
+        A page served by node 2 joins a conference hosted by node 1: the
+        join answers 302, the client opens a WebSocket to node 1 (an Origin
+        of the same host, another port: accepted in a cluster) and is in the
+        room there, seen by a member of node 1.
+        """
+        from playwright.async_api import async_playwright
+
+        from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+        if not os.path.exists(CHROMIUM):
+            raise SkipTest(f"{CHROMIUM} is missing")
+        n1, n2, _ = self.nodes
+        owner = await self.connect(n1)
+        r = await owner.request("CONFERENCE_CREATE_request", conferenceID="web")
+        self.assertEqual(await self.r.get("ahoy:host:web"), "n1")
+        r = await owner.request("CONFERENCE_JOIN_request", conferenceID="web", name="owner")
+        self.assertEqual(r["status"], 200)
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page()
+                await page.goto(f"http://127.0.0.1:{n2.port}/?loopbackOnly=1&testhook=1")
+                await page.wait_for_function("window.ahoy && window.ahoy.state.connection === 'open'",
+                                             timeout=20000)
+                await page.fill("#join-room", "web")
+                await page.fill("#join-name", "Bea")
+                await page.click("#join-submit")
+                await page.wait_for_function("window.ahoy.state.screen === 'room'", timeout=20000)
+            finally:
+                await browser.close()
+        joined = await owner.expect("CONFERENCE_JOIN_indication")
+        self.assertEqual(joined["member"]["name"], "Bea")
+        self.assertIn("302", n2.logText())
+
     timeout = 120
 
     def setUp(self):

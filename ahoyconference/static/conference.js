@@ -3,7 +3,7 @@
  * tells about them (join, leave, kick, lock, description, media state,
  * speaking), and chat.
  */
-import {connect} from "./connection.js";
+import {connect, moveTo} from "./connection.js";
 import {closeSubscription, setSharing, teardownMedia, updateSubscription} from "./media.js";
 import {describeError, request} from "./protocol.js";
 import {$, logEvent, rt, state} from "./state.js";
@@ -16,13 +16,25 @@ export function roleOf(m) {
   return "listener";
 }
 
+// The join, following a cluster's 302 to the node that hosts the
+// conference (at most MAX_MOVES times), as the original client does.
+var MAX_MOVES = 3;
+
+function joinRequest(fields, moves) {
+  return request("CONFERENCE_JOIN_request", fields).catch(function (err) {
+    var url = err && err.status === 302 && err.response && err.response.url;
+    if (!url || moves >= MAX_MOVES) throw err;
+    return moveTo(url).then(function () { return joinRequest(fields, moves + 1); });
+  });
+}
+
 export function join(conferenceID, name, password) {
   if (state.joining) return Promise.reject(new Error("already joining"));
   state.joining = true;
   setBusy(true);
   var fields = {conferenceID: conferenceID, name: name};
   if (password) fields.password = password;
-  return request("CONFERENCE_JOIN_request", fields).then(function (resp) {
+  return joinRequest(fields, 0).then(function (resp) {
     state.joining = false;
     setBusy(false);
     rt.session = {conferenceID: resp.conferenceID || conferenceID, name: name, password: password || ""};

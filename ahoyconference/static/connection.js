@@ -12,8 +12,34 @@ import {renderConnection, showNotice} from "./ui.js";
 let reconnectTimer = null;
 
 export function socketURL() {
+  if (rt.serverURL) return rt.serverURL;
   var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
   return scheme + window.location.host + "/";
+}
+
+// A 302 (protocol.md 4.10): the conference lives on another node of the
+// cluster.  Close this socket (quietly: no reconnect, no "lost" notice) and
+// open one to that node; resolves once it is open.
+export function moveTo(url) {
+  return new Promise(function (resolve, reject) {
+    if (!/^wss?:\/\//.test(url)) {
+      reject(new Error("not a WebSocket URL: " + url));
+      return;
+    }
+    var old = rt.ws;
+    rt.ws = null;
+    if (old) old.close(1000, "moved");
+    rt.serverURL = url;
+    logEvent("moving to " + url);
+    connect();
+    var sock = rt.ws;
+    if (!sock) {
+      reject(new Error("cannot open WebSocket to " + url));
+      return;
+    }
+    sock.addEventListener("open", function () { resolve(); });
+    sock.addEventListener("close", function () { reject(new Error("cannot reach " + url)); });
+  });
 }
 
 export function connect() {

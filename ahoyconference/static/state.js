@@ -50,6 +50,7 @@ export var rt = {
   localStream: null,
   publisher: {pc: null, failures: 0},
   noReconnect: false,          // set by a kick: the server closes the socket on purpose
+  serverURL: null,             // another node of a cluster, after a 302 (docs/cluster.md)
 };
 
 export function $(id) { return document.getElementById(id); }
