@@ -9,12 +9,13 @@ bytes encoded once per fan-out.
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 from typing import Protocol
 
 from ahoyconference.interfaces import ClientInfo, ConferenceSettings, ProtocolError, Role
-from ahoyconference.messages import encode
+from ahoyconference.messages import RawJSON, encode
 
 KINDS = ("audio", "video")
 
@@ -58,6 +59,7 @@ class Member:
         self.sharing = {"audio": False, "video": False}
         self.speaking = False
         self.shareEpoch = 0
+        self._described: dict[bool, tuple] = {}
 
     @property
     def moderator(self) -> bool:
@@ -81,6 +83,20 @@ class Member:
             "video": {"available": self.available["video"], "muted": self.muted["video"]},
         }
 
+    def describedJSON(self, withIP: bool) -> str:
+        """
+        L{describe} as JSON text, kept until the member's state changes: a
+        join into a big room lists every member (protocol.md 1.2).
+        """
+        key = (withIP, self.name, self.role, self.webrtc, self.speaking, self.client.ip,
+               self.available["audio"], self.available["video"],
+               self.muted["audio"], self.muted["video"])
+        cached = self._described.get(withIP)
+        if cached is None or cached[0] != key:
+            text = json.dumps(self.describe(withIP), separators=(",", ":"), ensure_ascii=False)
+            cached = self._described[withIP] = (key, text)
+        return cached[1]
+
     def describe(self, withIP: bool) -> dict:
         """The C{member} object of C{CONFERENCE_JOIN_indication} (protocol.md 2.1)."""
         state = self.mediaState()
@@ -96,6 +112,11 @@ class Member:
         if withIP:
             out["ip"] = self.client.ip
         return out
+
+
+def _memberList(members: list[Member], withIP: bool) -> RawJSON:
+    """The C{members} of a join response, from each member's cached JSON."""
+    return RawJSON("[" + ",".join(m.describedJSON(withIP) for m in members) + "]")
 
 
 class Conference:
@@ -169,7 +190,7 @@ class Conference:
             "moderator": member.moderator,
             "speaker": member.speaker,
             "webrtc": member.webrtc,
-            "members": [m.describe(self._ipFor(member)) for m in others],
+            "members": _memberList(others, self._ipFor(member)),
         }
 
     def _ipFor(self, recipient: Member) -> bool:

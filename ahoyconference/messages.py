@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -294,6 +295,18 @@ def _isUnicode(text: str) -> bool:
     return True
 
 
+class RawJSON(str):
+    """
+    JSON text already encoded (e.g. a big room's member list, L{encode}
+    splices it in as it is instead of encoding the objects again).
+    """
+
+
+#: Stands for a L{RawJSON} value while the rest is encoded; random per
+#: process, so no client text can imitate it.
+_RAW_MARK = "raw-" + secrets.token_hex(16)
+
+
 def encode(message: dict) -> bytes:
     """
     One message as the UTF-8 JSON text of a frame.
@@ -301,10 +314,16 @@ def encode(message: dict) -> bytes:
     A lone surrogate (from a client's C{transactionID} or C{messageType},
     echoed back, protocol.md 4.1) cannot be UTF-8: such a message is sent
     with JSON escapes (C{\\ud800}), which gives the client back exactly
-    the string it sent.
+    the string it sent.  Top-level L{RawJSON} values go in as they are.
     """
+    raw = {k: v for k, v in message.items() if isinstance(v, RawJSON)}
+    if raw:
+        message = {k: (f"{_RAW_MARK}-{k}" if k in raw else v) for k, v in message.items()}
     text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
     try:
-        return text.encode("utf-8")
+        data = text.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(message, separators=(",", ":")).encode("ascii")
+        data = json.dumps(message, separators=(",", ":")).encode("ascii")
+    for k, v in raw.items():
+        data = data.replace(f'"{_RAW_MARK}-{k}"'.encode("ascii"), v.encode("utf-8"), 1)
+    return data

@@ -191,10 +191,22 @@ class ConferenceProtocol(WebSocketServerProtocol):
             self.dropConnection(abort=True)
 
     def sendBytes(self, data: bytes) -> None:
-        """Send one text frame; drop a reader that is too far behind."""
+        """
+        Send one text frame; drop a reader that is too far behind.
+
+        Server frames are not masked, so the frame of one message is the same
+        bytes on every connection: a fan-out (the same C{data} object to many
+        members, L{ahoyconference.conference.Conference.broadcast}) frames it
+        once (L{ConferenceFactory.framed}) and writes those bytes to each
+        transport.
+        """
         if self.state != self.STATE_OPEN:
             return
-        self.sendMessage(data, isBinary=False)
+        prepared = self.factory.framed(data)
+        if self._perMessageCompress is None and not self.send_queue:
+            self.transport.write(prepared.payloadHybi)
+        else:
+            self.sendPreparedMessage(prepared)
         if self._pressure is not None and not self._pressure.sent(len(data)):
             _log.info("disconnecting {ip}: it reads too slowly ({size} bytes buffered)",
                       ip=self._ip, size=self._pressure.buffered)
@@ -222,7 +234,19 @@ class ConferenceFactory(WebSocketServerFactory):
         self.service = service
         self.connections: dict[str, int] = {}
         self._refusing: set[tuple[str, str]] = set()
+        self._lastPayload: bytes | None = None
+        self._lastPrepared = None
         self.applyLimits(service.config.limits)
+
+    def framed(self, data: bytes):
+        """
+        The WebSocket frame of a text message, made once for the same
+        C{data} object sent to many connections in a row (a fan-out).
+        """
+        if data is not self._lastPayload:
+            self._lastPrepared = self.prepareMessage(data, isBinary=False)
+            self._lastPayload = data
+        return self._lastPrepared
 
     def applyLimits(self, limits) -> None:
         """Take the message size limits (at start and on reload)."""
