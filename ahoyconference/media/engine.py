@@ -58,6 +58,7 @@ from ahoyconference.media.peers import (
     codecPreferences,
     short,
 )
+from ahoyconference.media.repair import LossRepair
 from ahoyconference.media.rtcp import RtcpPolicy
 from ahoyconference.media.streams import MediaStreams
 
@@ -107,7 +108,8 @@ class AiortcMediaEngine:
     """
 
     def __init__(self, listener: IMediaListener, ice: IceSettings, clock, iceTimeout: float = 30.0,
-                 *, pliInterval: float = 0.3, reportInterval: float = 1.0):
+                 *, pliInterval: float = 0.3, reportInterval: float = 1.0,
+                 nackPublishers: bool = True):
         """
         @param listener: told of media availability and speaking changes.
         @param ice: the C{[ice]} settings.
@@ -117,17 +119,22 @@ class AiortcMediaEngine:
             this many seconds (the rest are merged).
         @param reportInterval: seconds between our RTCP reports (receiver
             reports and REMB to publishers, speaking timeouts).
+        @param nackPublishers: repair loss on publishers' video with NACK and
+            RTX (L{ahoyconference.media.repair}); C{False} (read when a
+            publisher's stream is made) forwards the gaps as they are.
         @raise hooks.HookMismatch: the installed aiortc, aioice or pylibsrtp
             no longer fit the private hooks.
         """
         hooks.checkHooks()
         self._iceSettings = ice
+        self._clock = clock
         self._now = clock.seconds
+        self.nackPublishers = nackPublishers
         self._publishers: dict[str, Publisher] = {}
         self.faults = Faults()
         self.drops = Counter()
         self._media = MediaStreams(listener, self._now, self._keyframeNeeded, self._newSource,
-                                   self._staleSsrc, self.faults)
+                                   self._staleSsrc, self.faults, self._makeRepair)
         self._streams = self._media.streams
         self._subscriptions = SubscriptionTable()
         self._taps: dict[tuple[str, str], OutStream] = {}
@@ -157,6 +164,13 @@ class AiortcMediaEngine:
         if not self._ticker.running:
             self._ticker.start(self._reportInterval, now=False)
         self._connections.watch(peer)
+
+    def _makeRepair(self, stream: InStream) -> LossRepair | None:
+        """The loss repair of a publisher's new video stream, unless switched off."""
+        if not self.nackPublishers:
+            return None
+        return LossRepair(self._clock, lambda seqs: self._rtcp.sendNack(stream, seqs),
+                          lambda: self._keyframeNeeded(stream), self.counters)
 
     def _subscriptionsOf(self, publisherID: str) -> list[Subscription]:
         return self._subscriptions.of(publisherID)
@@ -296,6 +310,9 @@ class AiortcMediaEngine:
                              media.ssrcs)
             for pt in media.codecs:
                 conn.byPT[pt] = stream
+            if stream.repair is not None:
+                for apt, rtx in media.rtx.items():
+                    conn.rtxPT[rtx] = (stream, apt)
         _log.info("member {member_id} publishes {kinds} (video cap {cap} kbit/s)",
                   member_id=short(memberID), kinds="+".join(conn.kinds), cap=pub.cap)
         if conn.pc.connectionState == "connected" and not conn.connected:

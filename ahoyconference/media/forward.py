@@ -34,6 +34,7 @@ from aiortc.rtp import RtcpReceiverInfo, clamp_packets_lost
 from ahoyconference.media.faults import Faults, SrtpStatusError
 from ahoyconference.media.hooks import ZERO_COPY_MAX, srtpProtectInPlace
 from ahoyconference.media.outstream import OutStream
+from ahoyconference.media.repair import LossRepair
 from ahoyconference.media.speaking import findExtensions
 
 RING_SIZE = 1024
@@ -49,6 +50,8 @@ _RING_MASK = RING_SIZE - 1
 _header = struct.Struct("!BBHII").unpack_from
 _rewrite = struct.Struct("!BHII").pack_into
 _u16 = struct.Struct("!H").pack
+_u16into = struct.Struct("!H").pack_into
+_u32into = struct.Struct("!I").pack_into
 _NTP_EPOCH = 2208988800
 
 
@@ -77,6 +80,8 @@ class InStream:
         first; the libsrtp state of older ones is freed (C{onStale}).
     @ivar sourceChanges: how often the source (SSRC or codec) changed.
     @ivar drops: dropped packets by reason; C{dropped} is their sum.
+    @ivar repair: the L{LossRepair} that NACKs the publisher for this
+        stream's gaps (video), or C{None}.
     """
 
     def __init__(self, publisherID: str, kind: str, now: Callable[[], float],
@@ -85,7 +90,7 @@ class InStream:
                  onLevel: Callable[[float, int], None] | None = None,
                  onSource: Callable[[InStream], None] = lambda s: None,
                  onStale: Callable[[InStream, int], None] = lambda s, ssrc: None,
-                 faults: Faults | None = None):
+                 faults: Faults | None = None, repair: LossRepair | None = None):
         self.publisherID = publisherID
         self.kind = kind
         self._now = now
@@ -95,6 +100,7 @@ class InStream:
         self._onStale = onStale
         self._faults = faults if faults is not None else Faults()
         self.onLevel = onLevel
+        self.repair = repair
         self.outputs: list[OutStream] = []
         self.active: list[OutStream] = []
         self.enabled = True
@@ -223,7 +229,11 @@ class InStream:
         if 0 < delta < 0x8000:
             if seq < self.maxSeq:
                 self.cycles += 0x10000
+            if delta != 1 and self.repair is not None:
+                self.repair.gap(self.maxSeq, seq)
             self.maxSeq = seq
+        elif self.repair is not None and self.repair.missing:
+            self.repair.arrived(seq, False)
         self.received += 1
         transit = now * self.clockRate - ts
         d = transit - self.transit
@@ -247,9 +257,12 @@ class InStream:
         self.fwdTime = now
         self.acceptedPackets += 1
         self.acceptedOctets += len(data) - 12
+        if self.active:
+            self._fanout(data, b1, seq, ts, midOffset)
+
+    def _fanout(self, data: bytes, b1: int, seq: int, ts: int, midOffset: int) -> None:
+        """Rewrite, protect and send one packet of the source to every active output."""
         outs = self.active
-        if not outs:
-            return
         size = len(data)
         small = size <= ZERO_COPY_MAX
         protect = srtpProtectInPlace
@@ -285,6 +298,52 @@ class InStream:
                 self._faults.error("send", e)
         self.sentPackets += sent
         self.sentOctets += sent * size
+
+    def retransmission(self, data: bytes, apt: int) -> None:
+        """
+        A decrypted RTX packet (RFC 4588) from the publisher for payload
+        type C{apt}: when it carries a packet L{repair} is missing, that
+        packet is rebuilt (original sequence number, SSRC and payload type),
+        kept in the ring and forwarded like any other, late: subscribers'
+        jitter buffers put it in its place.  Padding-only RTX (bandwidth
+        probes), packets nobody missed and stale ones are dropped, counted.
+        """
+        repair = self.repair
+        if repair is None or self.ssrc is None or apt != self.pt:
+            self._drop("rtx_stale")
+            return
+        b0 = data[0]
+        try:
+            length = headerLength(data)
+            end = len(data) - data[-1] if b0 & 0x20 else len(data)
+        except IndexError:
+            self._drop("short")
+            return
+        if end - length < 2:
+            self._drop("rtx_padding")
+            return
+        seq = (data[length] << 8) | data[length + 1]
+        if not repair.arrived(seq, True):
+            self._drop("rtx_unrequested")
+            return
+        b = bytearray(data[:length])
+        b += data[length + 2:end]
+        b[0] = b0 & 0xDF
+        b1 = (data[1] & 0x80) | apt
+        b[1] = b1
+        _u16into(b, 2, seq)
+        _u32into(b, 8, self.ssrc)
+        packet = bytes(b)
+        if self.ring is not None:
+            self.ring[seq & _RING_MASK] = packet
+        if not self.enabled:
+            return
+        self.acceptedPackets += 1
+        self.acceptedOctets += len(packet) - 12
+        if self.active:
+            ts = int.from_bytes(packet[4:8], "big")
+            midOffset, _ = findExtensions(packet, self.midId, 0)
+            self._fanout(packet, b1, seq, ts, midOffset)
 
     def _drop(self, reason: str) -> bool:
         self.dropped += 1
@@ -328,6 +387,8 @@ class InStream:
             self.lsrLocal = None
             if self.ring is not None:
                 self.ring = [None] * RING_SIZE
+            if self.repair is not None:
+                self.repair.reset()
         if pt != self.pt:
             self.pt = pt
             self.clockRate = self.clockRates.get(pt, self.clockRate)

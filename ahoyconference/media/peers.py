@@ -99,6 +99,8 @@ class PublisherConnection(Peer):
     One peer connection on which a member publishes.
 
     @ivar byPT: payload type → the L{InStream} its packets go to.
+    @ivar rtxPT: RTX payload type → C{(InStream, apt)}: retransmissions
+        (RFC 4588) for that stream's payload type C{apt}.
     @ivar ssrcs: the SSRCs the answer announced (C{a=ssrc}), maybe none.
     @ivar hooked: C{True} while we take its SRTP from its ICE sockets.
     """
@@ -111,6 +113,7 @@ class PublisherConnection(Peer):
         self.memberID = memberID
         self.kinds = kinds
         self.byPT: dict = {}
+        self.rtxPT: dict = {}
         self.rtcpSsrc = 0
         self.unprotect = None
         self.removeStream = None
@@ -144,6 +147,14 @@ class PublisherConnection(Peer):
             return
         stream = self.byPT.get(packet[1] & 0x7F)
         if stream is None:
+            rtx = self.rtxPT.get(packet[1] & 0x7F)
+            if rtx is not None:
+                try:
+                    rtx[0].retransmission(packet, rtx[1])
+                except Exception as e:  # a bug: count and log it, never raise into aioice
+                    self._onDropped("error")
+                    self._faults.error("repair", e)
+                return
             self._onDropped("payload_type")
             ssrc = int.from_bytes(packet[8:12], "big")
             if ssrc not in self.ssrcs and not any(ssrc in s.sources for s in self.byPT.values()):
@@ -180,6 +191,7 @@ class PublisherConnection(Peer):
             self._release = None
         self.hooked = False
         self.byPT = {}
+        self.rtxPT = {}
 
 
 class Subscription(Peer):

@@ -14,6 +14,9 @@ RTCP policy of the media engine (docs/architecture.md, "RTCP").
    budget per subscriber (L{RetransmitBudget}): a share of what it receives
    plus a floor, and never the same packet twice within
    L{NACK_REPEAT_WINDOW}.
+ - NACKs to publishers: for the gaps of their video
+   (L{ahoyconference.media.repair.LossRepair} decides what and when;
+   L{RtcpPolicy.sendNack} sends).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from aiortc.rtp import (
 
 from ahoyconference.media import hooks
 from ahoyconference.media.peers import Publisher, PublisherConnection, Subscription
+from ahoyconference.media.repair import packNack
 
 REMB_FRESH = 5.0
 """Seconds a subscriber's REMB counts for the publisher's bitrate."""
@@ -153,6 +157,18 @@ class RtcpPolicy:
         if hooks.sendRtcp(conn.dtls, bytes(packet)):
             pub.lastPli = self._now()
             self._counters["keyframe_requests"] += 1
+
+    def sendNack(self, stream, seqs: list[int]) -> bool:
+        """
+        A generic NACK (RFC 4585) for C{seqs} of the publisher's current
+        source of C{stream}, on its current connection: C{False} when there
+        is none to send it on.
+        """
+        pub = self._publishers.get(stream.publisherID)
+        conn = pub.current if pub is not None else None
+        if conn is None or not conn.hooked or stream.ssrc is None:
+            return False
+        return hooks.sendRtcp(conn.dtls, packNack(conn.rtcpSsrc, stream.ssrc, seqs))
 
     def bitrateFor(self, publisherID: str) -> int:
         """

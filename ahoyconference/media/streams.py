@@ -19,6 +19,7 @@ from ahoyconference.logs import logger
 from ahoyconference.media.faults import Faults
 from ahoyconference.media.forward import InStream
 from ahoyconference.media.peers import KINDS, short
+from ahoyconference.media.repair import LossRepair
 from ahoyconference.media.speaking import SpeakingDetector
 
 _log = logger(__name__)
@@ -34,13 +35,15 @@ class MediaStreams:
     def __init__(self, listener: IMediaListener, now: Callable[[], float],
                  onKeyframeNeeded: Callable[[InStream], None],
                  onSource: Callable[[InStream], None],
-                 onStale: Callable[[InStream, int], None], faults: Faults):
+                 onStale: Callable[[InStream, int], None], faults: Faults,
+                 makeRepair: Callable[[InStream], LossRepair | None] = lambda s: None):
         self._listener = listener
         self._now = now
         self._onKeyframeNeeded = onKeyframeNeeded
         self._onSource = onSource
         self._onStale = onStale
         self._faults = faults
+        self._makeRepair = makeRepair
         self.streams: dict[tuple[str, str], InStream] = {}
         self._detectors: dict[str, SpeakingDetector] = {}
         self._leaving: set[str] = set()
@@ -60,6 +63,8 @@ class MediaStreams:
                               onKeyframeNeeded=self._onKeyframeNeeded, onLevel=onLevel,
                               onSource=self._onSource, onStale=self._onStale,
                               faults=self._faults)
+            if kind == "video":
+                stream.repair = self._makeRepair(stream)
             self.streams[(memberID, kind)] = stream
         return stream
 
@@ -97,6 +102,8 @@ class MediaStreams:
             if stream is None:
                 continue
             stream.sourceGone()
+            if stream.repair is not None:
+                stream.repair.reset()
             if stream.available:
                 stream.available = False
                 self._available(stream, False)
@@ -121,6 +128,8 @@ class MediaStreams:
         self._leaving.discard(memberID)
 
     def _retire(self, stream: InStream) -> None:
+        if stream.repair is not None:
+            stream.repair.reset()
         self._retired["forwarded_packets"] += stream.sentPackets
         self._retired["forwarded_bytes"] += stream.sentOctets
         self._retired["dropped_packets"] += stream.dropped
