@@ -390,6 +390,61 @@ class NetBedTests(TestCase):
         self.assertIn("joined office-room", log)
         self.assertNotIn(self.bed.secret, log)
 
+    # -- loss on the publisher's leg ---------------------------------------
+
+    @asyncTest
+    async def test_lossyPublisher(self):
+        """
+        Chromium at home A publishes over a cable that loses 3 % of what it
+        sends (40 ms ± 10 ms delay); Chromium at home B watches.  The server
+        NACKs the missing packets, Chromium resends them as RTX, the server
+        forwards them: recovered packets in /metrics, Bob decodes on.
+        """
+        cable = self.bed.cables["homeA"]
+        self.addCleanup(cable.set, up={"loss": 0, "delay": 0, "jitter": 0})
+        cable.set(up={"loss": 0.03, "delay": 0.04, "jitter": 0.01})
+        before = await asyncio.get_event_loop().run_in_executor(None, self.bed.metrics)
+        await self.client("loss-room", "watcher")  # makes the room
+        alice = await self.page("homeA", "alice")
+        bob = await self.page("homeB", "bob")
+        await alice.joinRoom("loss-room", "alice")
+        await bob.joinRoom("loss-room", "bob")
+        await alice.shareBoth()
+        await bob.waitSubscribed("alice")
+        await bob.assertVideoPlaying("alice")
+        first = await bob.mediaOf("alice")
+        await asyncio.sleep(10)
+        last = await bob.mediaOf("alice")
+
+        def grown(values, name):
+            key = f"ahoy_{name}_total"
+            return values.get(key, 0) - before.get(key, 0)
+
+        values = await self.metricsUntil(
+            lambda v: grown(v, "publisher_packets_recovered") > 0, "recovering packets")
+        sent = await alice.page.evaluate("window.ahoy.publishStats()")
+        figures = {
+            "seconds": 10,
+            "frames_decoded": last["framesDecoded"] - first["framesDecoded"],
+            "freezes": last["freezeCount"] - first["freezeCount"],
+            "freeze_seconds": round(last["totalFreezesDuration"]
+                                    - first["totalFreezesDuration"], 2),
+            "packets_lost_at_subscriber": last["packetsLost"],
+            "cable_lost": cable.stats()["up"]["lost"],
+            "nacks_sent": grown(values, "publisher_nacks_sent"),
+            "nacked": grown(values, "publisher_nacked_packets"),
+            "recovered": grown(values, "publisher_packets_recovered"),
+            "given_up": grown(values, "publisher_packets_given_up"),
+            "publisher_rtx_sent": sent.get("retransmittedPacketsSent", 0),
+            "plis_sent": grown(values, "keyframe_requests_sent"),
+        }
+        _figure("lossy_publisher_3pc", figures)
+        self.assertEqual(last["serial"], first["serial"])
+        self.assertGreater(figures["nacks_sent"], 0)
+        self.assertGreater(figures["recovered"], 0)
+        self.assertGreater(figures["publisher_rtx_sent"], 0)
+        self.assertGreater(figures["frames_decoded"], 50)
+
     # -- the pulled cable ---------------------------------------------------
 
     @asyncTest

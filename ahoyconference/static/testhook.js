@@ -32,6 +32,8 @@ export function mediaStats() {
       paused: video ? video.paused : true,
       audioPaused: audio ? audio.paused : true,
       framesDecoded: 0, audioBytes: 0, audioSamples: 0, audioLevel: 0,
+      // video receive quality (loss tests): freezes, loss left after repair, feedback sent
+      freezeCount: 0, totalFreezesDuration: 0, packetsLost: 0, nackCount: 0, pliCount: 0,
       connectionState: m.sub.pc ? m.sub.pc.connectionState : "none",
       serial: m.sub.serial || 0,    // which subscription (a new one per SDP_request)
       kinds: [],                    // what the current subscription receives
@@ -45,7 +47,14 @@ export function mediaStats() {
     return m.sub.pc.getStats().then(function (report) {
       report.forEach(function (s) {
         if (s.type !== "inbound-rtp") return;
-        if (s.kind === "video") out.framesDecoded += s.framesDecoded || 0;
+        if (s.kind === "video") {
+          out.framesDecoded += s.framesDecoded || 0;
+          out.freezeCount += s.freezeCount || 0;
+          out.totalFreezesDuration += s.totalFreezesDuration || 0;
+          out.packetsLost += s.packetsLost || 0;
+          out.nackCount += s.nackCount || 0;
+          out.pliCount += s.pliCount || 0;
+        }
         if (s.kind === "audio") {
           out.audioBytes += s.bytesReceived || 0;
           out.audioSamples += s.totalSamplesReceived || 0;
@@ -68,6 +77,9 @@ export function publishStats() {
         out.framesEncoded += s.framesEncoded || 0;
         out.videoBytes += s.bytesSent || 0;
         out.frameWidth = Math.max(out.frameWidth, s.frameWidth || 0);
+        out.nackCount = (out.nackCount || 0) + (s.nackCount || 0);
+        out.retransmittedPacketsSent = (out.retransmittedPacketsSent || 0) +
+          (s.retransmittedPacketsSent || 0);
         out.timestamp = s.timestamp;
       }
       if (s.kind === "audio") out.audioBytes += s.bytesSent || 0;
