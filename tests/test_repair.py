@@ -109,12 +109,26 @@ class LossRepairTests(TestCase):
         self.assertFalse(self.repair.arrived(8, True))  # a duplicate: not missing any more
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_slowPathMeasured(self):
+        """
+        A path slower than the floor: the answer comes after the second NACK,
+        and the RTT is measured from the first (the retries then slow down).
+        """
+        self.repair.gap(7, 9)
+        self.clock.advance(_repair.FIRST_NACK_DELAY)
+        self.clock.advance(_repair.RTT_FLOOR)
+        self.assertEqual(len(self.sent), 2)
+        self.clock.advance(0.03)
+        self.assertTrue(self.repair.arrived(8, True))
+        self.assertAlmostEqual(self.repair.rtt, _repair.RTT_FLOOR + 0.03)
+        self.assertAlmostEqual(self.repair.interval, (_repair.RTT_FLOOR + 0.03) * _repair.RTT_MARGIN)
+
     def test_retryPacedByRtt(self):
-        """With a measured RTT of 200 ms, the second NACK waits 200 ms."""
+        """With a measured RTT of 200 ms, the second NACK waits 250 ms (L{RTT_MARGIN})."""
         self.repair.rtt = 0.2
         self.repair.gap(7, 9)
         self.clock.advance(_repair.FIRST_NACK_DELAY)
-        self.clock.advance(0.19)
+        self.clock.advance(0.24)
         self.assertEqual(len(self.sent), 1)
         self.clock.advance(0.02)
         self.assertEqual(len(self.sent), 2)

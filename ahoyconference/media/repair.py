@@ -14,8 +14,10 @@ clock, never from the packet path:
 
  - a missing packet is first NACKed L{FIRST_NACK_DELAY} after its gap was
    seen (a packet merely reordered by the network arrives in between);
- - then again every retry interval (the round-trip time measured from NACK
-   to retransmission, at least L{RTT_FLOOR}), at most L{MAX_TRIES} times;
+ - then again every retry interval (the round-trip time measured from the
+   first NACK to the retransmission, times L{RTT_MARGIN}, at least
+   L{RTT_FLOOR}), at most
+   L{MAX_TRIES} times;
  - it is given up one interval after its last NACK, or L{GIVE_UP} seconds
    after its gap was seen, whichever is first; giving up asks the publisher
    for a keyframe (the decoder needs one to go on).
@@ -31,6 +33,8 @@ FIRST_NACK_DELAY = 0.01
 """Seconds between seeing a gap and the first NACK for it (reordering)."""
 RTT_FLOOR = 0.05
 """Seconds: the retry interval is the measured round-trip time, at least this."""
+RTT_MARGIN = 1.25
+"""The retry interval is this many round-trip times (jitter)."""
 MAX_TRIES = 3
 """NACKs per missing packet."""
 GIVE_UP = 1.0
@@ -67,12 +71,13 @@ def packNack(ssrc: int, mediaSsrc: int, seqs: list[int]) -> bytes:
 
 
 class _Missing:
-    """One missing packet: when its gap was seen, when it was last NACKed, how often."""
+    """One missing packet: when its gap was seen, when it was first and last NACKed, how often."""
 
-    __slots__ = ("seen", "sent", "tries")
+    __slots__ = ("seen", "first", "sent", "tries")
 
     def __init__(self, seen: float):
         self.seen = seen
+        self.first = -1.0
         self.sent = -1.0
         self.tries = 0
 
@@ -111,7 +116,7 @@ class LossRepair:
     @property
     def interval(self) -> float:
         """Seconds between two NACKs of one packet."""
-        return max(RTT_FLOOR, self.rtt or 0.0)
+        return max(RTT_FLOOR, RTT_MARGIN * (self.rtt or 0.0))
 
     # -- told by the packet path ------------------------------------------
 
@@ -145,9 +150,13 @@ class LossRepair:
             return False
         if retransmitted and entry.tries:
             self.counters["publisher_packets_recovered"] += 1
-            if entry.tries == 1:  # unambiguous (Karn): one NACK, one answer
-                sample = self._now() - entry.sent
-                self.rtt = sample if self.rtt is None else self.rtt + (sample - self.rtt) / 8
+            # From the first NACK: before the RTT is known the floor makes us
+            # ask again before the answer can come back, so counting from the
+            # last NACK (Karn) would never measure a path slower than the
+            # floor.  An answer to a later NACK (the first was lost) only
+            # overestimates, at the rate of loss.
+            sample = self._now() - entry.first
+            self.rtt = sample if self.rtt is None else self.rtt + (sample - self.rtt) / 8
         else:
             self.counters["publisher_packets_reordered"] += 1
         if not self.missing:
@@ -202,6 +211,8 @@ class LossRepair:
             self.counters["publisher_nacked_packets"] += len(due)
             for seq in due:
                 entry = self.missing[seq]
+                if not entry.tries:
+                    entry.first = now
                 entry.sent = now
                 entry.tries += 1
         if over:
