@@ -88,13 +88,30 @@ class LossRepairTests(TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_retriesThenGivesUp(self):
-        """L{MAX_TRIES} NACKs one floor RTT apart, then given up once, and a keyframe asked for."""
+        """
+        L{MAX_TRIES} NACKs one floor RTT apart; one interval later a keyframe
+        is asked for; the packet is given up at L{GIVE_UP}.
+        """
         self.repair.gap(7, 9)
-        self.clock.pump([_repair.FIRST_NACK_DELAY] + [_repair.RTT_FLOOR] * 10)
+        self.clock.pump([_repair.FIRST_NACK_DELAY] + [_repair.RTT_FLOOR] * 3)
         self.assertEqual(self.sent, [[8]] * _repair.MAX_TRIES)
-        self.assertEqual(self.counters["publisher_packets_given_up"], 1)
         self.assertEqual(self.giveUps, 1)
+        self.assertEqual(self.counters["publisher_packets_given_up"], 0)
+        self.clock.pump([_repair.RTT_FLOOR] * 20)
+        self.assertEqual(self.sent, [[8]] * _repair.MAX_TRIES)
+        self.assertEqual(self.giveUps, 1)
+        self.assertEqual(self.counters["publisher_packets_given_up"], 1)
         self.assertEqual(self.repair.missing, {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_lateAnswerAfterTries(self):
+        """A retransmission after the last try, before L{GIVE_UP}, still counts as recovered."""
+        self.repair.gap(7, 9)
+        self.clock.pump([_repair.FIRST_NACK_DELAY] + [_repair.RTT_FLOOR] * 5)
+        self.assertEqual(self.giveUps, 1)
+        self.assertTrue(self.repair.arrived(8, True))
+        self.assertEqual(self.counters["publisher_packets_recovered"], 1)
+        self.assertEqual(self.counters["publisher_packets_given_up"], 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_recoveredMeasuresRtt(self):

@@ -18,9 +18,10 @@ clock, never from the packet path:
    first NACK to the retransmission, times L{RTT_MARGIN}, at least
    L{RTT_FLOOR}), at most
    L{MAX_TRIES} times;
- - it is given up one interval after its last NACK, or L{GIVE_UP} seconds
-   after its gap was seen, whichever is first; giving up asks the publisher
-   for a keyframe (the decoder needs one to go on).
+ - one interval after its last NACK it is no longer asked for, and the
+   publisher is asked for a keyframe (the decoder may need one to go on);
+   a retransmission that still comes is forwarded until L{GIVE_UP} seconds
+   after the gap was seen, when the packet is given up (counted).
 """
 
 from __future__ import annotations
@@ -73,13 +74,14 @@ def packNack(ssrc: int, mediaSsrc: int, seqs: list[int]) -> bytes:
 class _Missing:
     """One missing packet: when its gap was seen, when it was first and last NACKed, how often."""
 
-    __slots__ = ("seen", "first", "sent", "tries")
+    __slots__ = ("seen", "first", "sent", "tries", "abandoned")
 
     def __init__(self, seen: float):
         self.seen = seen
         self.first = -1.0
         self.sent = -1.0
         self.tries = 0
+        self.abandoned = False
 
 
 class LossRepair:
@@ -102,7 +104,8 @@ class LossRepair:
         @param clock: an C{IReactorTime}.
         @param sendNack: sends one NACK for the sequence numbers; C{False}
             when it could not (no connection): they are asked for again later.
-        @param onGiveUp: called once per round in which packets were given up.
+        @param onGiveUp: called once per round in which packets stopped
+            being asked for (their tries are spent).
         """
         self._clock = clock
         self._now = clock.seconds
@@ -155,8 +158,9 @@ class LossRepair:
             # last NACK (Karn) would never measure a path slower than the
             # floor.  An answer to a later NACK (the first was lost) only
             # overestimates, at the rate of loss.
-            sample = self._now() - entry.first
-            self.rtt = sample if self.rtt is None else self.rtt + (sample - self.rtt) / 8
+            if not entry.abandoned:  # (a late answer says little of the path)
+                sample = self._now() - entry.first
+                self.rtt = sample if self.rtt is None else self.rtt + (sample - self.rtt) / 8
         else:
             self.counters["publisher_packets_reordered"] += 1
         if not self.missing:
@@ -196,12 +200,16 @@ class LossRepair:
         interval = self.interval
         due = []
         over = []
+        abandoned = 0
         for seq, entry in self.missing.items():
             if now - entry.seen >= GIVE_UP:
                 over.append(seq)
+            elif entry.abandoned:
+                continue
             elif now - entry.sent >= interval - 1e-6:
                 if entry.tries >= MAX_TRIES:
-                    over.append(seq)
+                    entry.abandoned = True
+                    abandoned += 1
                 else:
                     due.append(seq)
         if over:
@@ -215,7 +223,7 @@ class LossRepair:
                     entry.first = now
                 entry.sent = now
                 entry.tries += 1
-        if over:
+        if abandoned:
             self._onGiveUp()
         if self.missing:
             self._schedule(interval)
