@@ -80,6 +80,7 @@ class Peer:
 
     def __init__(self, bed: NetBed, label: str, member: str, role: str, args: list[str]):
         address = netbed.LANS[role][4]
+        self.bed = bed
         self.name = label
         self.latest: dict | None = None
         self.process = bed.popen(label, role, [sys.executable, str(HERE / "losspeer.py"), bed.url,
@@ -96,6 +97,7 @@ class Peer:
                 pass
 
     def stop(self) -> None:
+        self.bed.processes.pop(self.name, None)  # the bed's checks: not a crash
         self.process.terminate()
         try:
             self.process.wait(10)

@@ -17,8 +17,9 @@ cumulative counters:
    an interval between two decoded frames longer than
    max(3 x the mean of the last 30 intervals, that mean + 150 ms), the
    definition of WebRTC's C{freezeCount}), C{expected} and C{received}
-   video packets (distinct sequence numbers of the primary SSRC: what is
-   still missing is loss after repair), C{nacks} it sent.
+   video packets (distinct sequence numbers of the primary SSRC, or carried
+   by an RTX packet: what is still missing is loss after repair), C{nacks}
+   it sent.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -179,6 +181,22 @@ async def receive(subscriber) -> None:
     meter = subscriber.meter
     seqs = SeqCounter()
     primary = subscriber.offeredVideoSsrcs()[0]
+    rtxSeqs: list[int] = []
+    dtls = subscriber.pc.getTransceivers()[0].receiver.transport
+    logged = dtls._handle_rtp_data
+
+    async def rtp(data, arrival_time_ms):  # RTX (RFC 4588): the original number leads the payload
+        if len(data) >= 14 and int.from_bytes(data[8:12], "big") not in (primary, 0):
+            length = 12 + 4 * (data[0] & 0x0F)
+            if data[0] & 0x10 and len(data) >= length + 4:
+                length += 4 + 4 * int.from_bytes(data[length + 2:length + 4], "big")
+            if (data[1] & 0x7F) in rtxTypes and len(data) >= length + 2:
+                rtxSeqs.append(int.from_bytes(data[length:length + 2], "big"))
+        await logged(data, arrival_time_ms)
+
+    rtxTypes = {int(pt) for pt in re.findall(r"^a=rtpmap:(\d+) rtx/", subscriber.pc.remoteDescription.sdp,
+                                             re.M)}
+    dtls._handle_rtp_data = rtp
     done = 0
     nacks = [0]
     receiver = subscriber.receiver("video")
@@ -195,6 +213,9 @@ async def receive(subscriber) -> None:
             if ssrc == primary:
                 seqs.add(seq)
         done = len(log)
+        for seq in rtxSeqs:
+            seqs.add(seq)
+        rtxSeqs.clear()
         if done > 100_000:  # keep memory flat
             del log[:done]
             done = 0
