@@ -2,6 +2,14 @@
 """
 L{ConferenceService}: the registry of conferences, permanent rooms from the
 config, idle reaping, server-wide limits, the policy and the media engine.
+
+Over 400 lines: it is the one object every session, the engine (as its
+L{IMediaListener}), the SIP gateway and the cluster directory talk to; the
+rules themselves live in conference.py and the per-client work in
+session.py.  Its parts (lifecycle and reload, policy calls, create, join
+here / by invitation / through the directory, leave and kick, the media
+listener) share the registry and its timers; a next split would move the
+policy calls (askPolicy and its answer checks) into a module of their own.
 """
 
 from __future__ import annotations

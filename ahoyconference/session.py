@@ -7,6 +7,12 @@ engine, and turns every outcome into exactly one response.
 This is the one place where L{ProtocolError} becomes a response and where
 any other exception becomes a 500 (logged with its traceback; the connection
 stays up), protocol.md 4.1.
+
+Over 400 lines: one handler per request of protocol.md 1 (each a few
+lines), the request queue and its bounds, the subscription offers and the
+client's answers.  They share the per-connection state (membership, queue,
+rates, outstanding offers); splitting them by request would spread the one
+place where errors become responses over several modules.
 """
 
 from __future__ import annotations
