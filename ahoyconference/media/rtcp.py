@@ -229,14 +229,17 @@ class RtcpPolicy:
                 call.cancel()
         pub.pliTimer = pub.reportCall = None
 
-    def publisherRtcp(self, conn: PublisherConnection, data: bytes) -> None:
-        """A publisher's decrypted compound RTCP: its sender reports set the clock mapping."""
+    def _parse(self, data: bytes) -> list:
+        """A decrypted compound RTCP packet's parts; none (counted) if it does not parse."""
         try:
-            packets = RtcpPacket.parse(data)
+            return RtcpPacket.parse(data)
         except ValueError:
             self._onDropped("rtcp")
-            return
-        for packet in packets:
+            return []
+
+    def publisherRtcp(self, conn: PublisherConnection, data: bytes) -> None:
+        """A publisher's decrypted compound RTCP: its sender reports set the clock mapping."""
+        for packet in self._parse(data):
             if isinstance(packet, RtcpSrPacket):
                 info = packet.sender_info
                 for kind in conn.kinds:
@@ -269,12 +272,7 @@ class RtcpPolicy:
 
     def subscriberRtcp(self, sub: Subscription, data: bytes) -> None:
         """A subscriber's decrypted compound RTCP: PLI/FIR, REMB, NACK."""
-        try:
-            packets = RtcpPacket.parse(data)
-        except ValueError:
-            self._onDropped("rtcp")
-            return
-        for packet in packets:
+        for packet in self._parse(data):
             if isinstance(packet, RtcpPsfbPacket):
                 if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
                     if "video" in sub.outs:
