@@ -324,7 +324,8 @@ class RtpInputTests(TestCase):
         video = engine._subscriptions[(joinedB["memberID"], aliceID)].outs["video"]
         latest = next(seq for ssrc, seq, ts in reversed(toAlice.seqs) if ssrc == video.ssrc)
         nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=video.ssrc,
-                               lost=[(latest - i) & 0xFFFF for i in reversed(range(2000))])
+                               # sorted: aiortc's packing cannot cross 65535 -> 0
+                               lost=sorted((latest - i) & 0xFFFF for i in range(2000)))
         aliceDtls = toAlice.pc.getTransceivers()[0].receiver.transport
         alicePair = aliceDtls.transport._connection._nominated[1]
         counters = dict(engine.counters)
