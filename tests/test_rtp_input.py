@@ -324,8 +324,9 @@ class RtpInputTests(TestCase):
         video = engine._subscriptions[(joinedB["memberID"], aliceID)].outs["video"]
         latest = next(seq for ssrc, seq, ts in reversed(toAlice.seqs) if ssrc == video.ssrc)
         nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=video.ssrc,
-                               # sorted: aiortc's packing cannot cross 65535 -> 0
-                               lost=sorted((latest - i) & 0xFFFF for i in range(2000)))
+                               # oldest first, never across 65535 -> 0 (aiortc's packing
+                               # cannot cross it): fewer than 2,000 just after a wrap
+                               lost=list(range(max(latest - 1999, 0), latest + 1)))
         aliceDtls = toAlice.pc.getTransceivers()[0].receiver.transport
         alicePair = aliceDtls.transport._connection._nominated[1]
         counters = dict(engine.counters)
