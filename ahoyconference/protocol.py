@@ -20,6 +20,7 @@ from ahoyconference.interfaces import ClientInfo
 from ahoyconference.logs import logger
 from ahoyconference.origins import originAllowed
 from ahoyconference.session import Session
+from ahoyconference.writes import Coalescer, checkWriteThrough
 
 SUBPROTOCOL = "conference-protocol"
 
@@ -184,6 +185,7 @@ class ConferenceProtocol(WebSocketServerProtocol):
         our close frame.
         """
         if self.state == self.STATE_OPEN:
+            self.factory.coalescer.flushOne(self.transport)
             self.sendCloseFrame(code=CLOSE_OVERLOADED, reasonUtf8=reason.encode("utf-8")[:120],
                                 isReply=False)
             self.resumeReading()
@@ -198,13 +200,15 @@ class ConferenceProtocol(WebSocketServerProtocol):
         bytes on every connection: a fan-out (the same C{data} object to many
         members, L{ahoyconference.conference.Conference.broadcast}) frames it
         once (L{ConferenceFactory.framed}) and writes those bytes to each
-        transport.
+        transport: gathered for one reactor turn and then written straight
+        to the socket when nothing is buffered there
+        (L{ahoyconference.writes.Coalescer}).
         """
         if self.state != self.STATE_OPEN:
             return
         prepared = self.factory.framed(data)
         if self._perMessageCompress is None and not self.send_queue:
-            self.transport.write(prepared.payloadHybi)
+            self.factory.coalescer.write(self.transport, prepared.payloadHybi)
         else:
             self.sendPreparedMessage(prepared)
         if self._pressure is not None and not self._pressure.sent(len(data)):
@@ -217,6 +221,7 @@ class ConferenceProtocol(WebSocketServerProtocol):
         """Close with a close frame (or drop if the handshake never finished)."""
         if self.state == self.STATE_OPEN:
             # sendCloseFrame, not sendClose: the latter refuses 1001 (going away).
+            self.factory.coalescer.flushOne(self.transport)
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:120], isReply=False)
         elif self.state not in (self.STATE_CLOSED, self.STATE_CLOSING):
             self.dropConnection(abort=True)
@@ -229,13 +234,17 @@ class ConferenceFactory(WebSocketServerFactory):
 
     protocol = ConferenceProtocol
 
-    def __init__(self, service):
+    def __init__(self, service, reactor=None):
         super().__init__(protocols=[SUBPROTOCOL])
+        if reactor is None:
+            from twisted.internet import reactor
+        self.coalescer = Coalescer(reactor.callLater)
         self.service = service
         self.connections: dict[str, int] = {}
         self._refusing: set[tuple[str, str]] = set()
         self._lastPayload: bytes | None = None
         self._lastPrepared = None
+        checkWriteThrough()
         self.applyLimits(service.config.limits)
 
     def framed(self, data: bytes):

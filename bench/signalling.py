@@ -38,6 +38,7 @@ sys.path.insert(0, HERE)
 
 import procstats  # noqa: E402
 import servers  # noqa: E402
+from wslight import LightMember  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(HERE))
 from ahoyconference.client import ProtocolClient  # noqa: E402
@@ -83,19 +84,22 @@ class CpuWindow:
                 "other_cpu_pct": round(busy - 100 * (user + sys_ + client) / wall, 1) if wall else None}
 
 
-async def connect(url: str, on_chat, timeout: float) -> ProtocolClient:
+async def connect(url: str, on_chat, timeout: float, light: bool = True):
     """
-    A light member (the package's protocol client): it keeps no message;
-    chat indications go to C{on_chat(receipt time, message)}, the others
-    are only counted (C{frames()}).
+    A member that keeps no message: chat indications go to
+    C{on_chat(receipt time, message)}, the others are only counted
+    (C{frames()}).  C{light}: L{wslight.LightMember} (decodes only responses
+    and chats); otherwise the package's protocol client.
     """
+    if light:
+        return await LightMember.connect(url, timeout, onChat=on_chat)
     client = await ProtocolClient.connect(url, timeout=timeout, keep=lambda m: False,
                                           ping_interval=None, compression=None, max_queue=None)
     client.on("CHAT_MESSAGE_indication", lambda m: on_chat(time.perf_counter(), m))
     return client
 
 
-def frames(client: ProtocolClient) -> int:
+def frames(client) -> int:
     """Messages the client received."""
     return sum(client.counts.values())
 
@@ -120,7 +124,8 @@ def pct(xs: list[float], q: float) -> float | None:
 async def scenario(url: str, pid: int, rooms: int, per_room: int, args) -> dict:
     n = rooms * per_room
     res = {"scenario": f"room-{per_room}" if rooms == 1 else f"rooms-{rooms}x{per_room}",
-           "rooms": rooms, "members_per_room": per_room, "members": n, "errors": 0}
+           "rooms": rooms, "members_per_room": per_room, "members": n, "errors": 0,
+           "client": args.client, "concurrency": args.concurrency}
     chats: dict[tuple, list] = {}
 
     def on_chat(t, m):
@@ -132,14 +137,14 @@ async def scenario(url: str, pid: int, rooms: int, per_room: int, args) -> dict:
     rss0 = proc_rss_kb(pid)
     # connect
     w = CpuWindow(pid).start()
-    conns = await bounded_gather([connect(url, on_chat, args.timeout) for _ in range(n)],
-                                 args.concurrency)
-    clients = [c for c in conns if isinstance(c, ProtocolClient)]
+    conns = await bounded_gather([connect(url, on_chat, args.timeout, args.client == "light")
+                                  for _ in range(n)], args.concurrency)
+    clients = [c for c in conns if not isinstance(c, BaseException)]
     res["errors"] += n - len(clients)
     res["connect"] = w.stop()
     res["connect"]["per_s"] = round(len(clients) / res["connect"]["wall_s"], 1)
     if len(clients) < n:
-        res["connect_error"] = repr(next(c for c in conns if not isinstance(c, ProtocolClient)))
+        res["connect_error"] = repr(next(c for c in conns if isinstance(c, BaseException)))
     try:
         room_of = [f"bench-{i // per_room}" for i in range(len(clients))]
         # each room is created by its first member (not part of the join timing)
@@ -212,6 +217,9 @@ async def scenario(url: str, pid: int, rooms: int, per_room: int, args) -> dict:
             "mean_ms": round(1e3 * statistics.fmean(latencies), 2) if latencies else None,
             "server_cpu_s": cw["server_cpu_s"],
             "server_cpu_us_per_delivery": round(1e6 * cw["server_cpu_s"] / max(1, deliveries), 2),
+            "server_user_us_per_delivery":
+                round(1e6 * cw["server_user_s"] / max(1, deliveries), 2),
+            "server_sys_us_per_delivery": round(1e6 * cw["server_sys_s"] / max(1, deliveries), 2),
             "other_cpu_pct": cw["other_cpu_pct"],
         }
     finally:
@@ -226,6 +234,8 @@ def main() -> int:
     ap.add_argument("--sizes", default="100,500,1000", help="members in one room")
     ap.add_argument("--rooms", default="100x10", help="RxM: R rooms of M members ('' to skip)")
     ap.add_argument("--concurrency", type=int, default=20, help="requests in flight")
+    ap.add_argument("--client", choices=("light", "full"), default="light",
+                    help="light: bench/wslight.py members; full: the package's protocol client")
     ap.add_argument("--chat-msgs", type=int, default=20)
     ap.add_argument("--chat-gap", type=float, default=0.2, help="seconds between chat messages")
     ap.add_argument("--timeout", type=float, default=60.0)
