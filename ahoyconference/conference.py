@@ -59,7 +59,8 @@ class Member:
         self.sharing = {"audio": False, "video": False}
         self.speaking = False
         self.shareEpoch = 0
-        self._described: dict[bool, tuple] = {}
+        self._described: dict[bool, str] = {}
+        self._version = 0
 
     @property
     def moderator(self) -> bool:
@@ -83,19 +84,28 @@ class Member:
             "video": {"available": self.available["video"], "muted": self.muted["video"]},
         }
 
+    def touch(self) -> None:
+        """
+        The member's C{muted}, C{available} or C{speaking} changed: its
+        cached JSON (L{describedJSON}) and its conference's member list are
+        made again when next needed.  Everything that changes those calls
+        this (conference.py and service.py).
+        """
+        self._version += 1
+        self._described.clear()
+        if self.conference is not None:
+            self.conference.memberChanged()
+
     def describedJSON(self, withIP: bool) -> str:
         """
-        L{describe} as JSON text, kept until the member's state changes: a
-        join into a big room lists every member (protocol.md 1.2).
+        L{describe} as JSON text, kept until the member's state changes
+        (L{touch}): a join into a big room lists every member (protocol.md 1.2).
         """
-        key = (withIP, self.name, self.role, self.webrtc, self.speaking, self.client.ip,
-               self.available["audio"], self.available["video"],
-               self.muted["audio"], self.muted["video"])
-        cached = self._described.get(withIP)
-        if cached is None or cached[0] != key:
-            text = json.dumps(self.describe(withIP), separators=(",", ":"), ensure_ascii=False)
-            cached = self._described[withIP] = (key, text)
-        return cached[1]
+        text = self._described.get(withIP)
+        if text is None:
+            text = self._described[withIP] = json.dumps(
+                self.describe(withIP), separators=(",", ":"), ensure_ascii=False)
+        return text
 
     def describe(self, withIP: bool) -> dict:
         """The C{member} object of C{CONFERENCE_JOIN_indication} (protocol.md 2.1)."""
@@ -114,9 +124,9 @@ class Member:
         return out
 
 
-def _memberList(members: list[Member], withIP: bool) -> RawJSON:
+def _memberList(members: list[Member], withIP: bool) -> str:
     """The C{members} of a join response, from each member's cached JSON."""
-    return RawJSON("[" + ",".join(m.describedJSON(withIP) for m in members) + "]")
+    return "[" + ",".join(m.describedJSON(withIP) for m in members) + "]"
 
 
 class Conference:
@@ -140,6 +150,7 @@ class Conference:
         self._deadline: float | None = None
         self._timer = None
         self._onTimeUp = onTimeUp
+        self._listed: dict[bool, str] = {}
 
     @property
     def conferenceID(self) -> str:
@@ -176,9 +187,16 @@ class Conference:
             self._deadline = self.clock.seconds() + self.settings.timeLimit
             self._timer = self.clock.callLater(self.settings.timeLimit, self._timeUp)
         others = list(self.members.values())
+        withIP = self._ipFor(member)
+        listed = self._listed.get(withIP)
+        if listed is None:
+            listed = _memberList(others, withIP)
         member.conference = self
         self.members[member.memberID] = member
         self._fanOutJoin(member, others)
+        # the list the next joiner gets: this one's plus the new member
+        self._listed = {withIP: (listed[:-1] + ("," if others else "")
+                                 + member.describedJSON(withIP) + "]")}
         return {
             "remainingSeconds": self.remainingSeconds(),
             "locked": self.locked,
@@ -190,20 +208,28 @@ class Conference:
             "moderator": member.moderator,
             "speaker": member.speaker,
             "webrtc": member.webrtc,
-            "members": _memberList(others, self._ipFor(member)),
+            "members": RawJSON(listed),
         }
+
+    def memberChanged(self) -> None:
+        """A member's state changed (L{Member.touch}): the kept member list goes."""
+        self._listed = {}
 
     def _ipFor(self, recipient: Member) -> bool:
         return self.ipToEveryone or recipient.moderator
 
     def _fanOutJoin(self, member: Member, others: list[Member]) -> None:
-        encoded = {}
+        plain = encode({"messageType": "CONFERENCE_JOIN_indication",
+                        "member": member.describe(self.ipToEveryone)})
+        withIP = plain if self.ipToEveryone else None
         for other in others:
-            withIP = self._ipFor(other)
-            if withIP not in encoded:
-                encoded[withIP] = encode({"messageType": "CONFERENCE_JOIN_indication",
-                                          "member": member.describe(withIP)})
-            other.sink.sendEncoded(encoded[withIP])
+            if other.role >= Role.MODERATOR:
+                if withIP is None:
+                    withIP = encode({"messageType": "CONFERENCE_JOIN_indication",
+                                     "member": member.describe(True)})
+                other.sink.sendEncoded(withIP)
+            else:
+                other.sink.sendEncoded(plain)
 
     def remove(self, member: Member) -> bool:
         """
@@ -214,6 +240,7 @@ class Conference:
         if self.members.pop(member.memberID, None) is None:
             return False
         member.conference = None
+        self._listed = {}
         self.broadcast({
             "messageType": "CONFERENCE_LEAVE_indication",
             "member": {"name": member.name, "memberID": member.memberID,
@@ -291,6 +318,7 @@ class Conference:
                 stopped.append(kind)
             elif not member.forced[kind]:
                 member.muted[kind] = False
+        member.touch()
         return stopped
 
     def mute(self, requester: Member, target: Member, changes: dict) -> list[tuple[str, bool]]:
@@ -318,10 +346,12 @@ class Conference:
                     target.forced[kind] = muted
                     forwarding.append((kind, not muted))
         flipped = [kind for kind in KINDS if target.muted[kind] != before[kind]]
+        target.touch()
         if flipped:
             # protocol.md 4.10: an indication for the new state, then an event per change.
             if target.muted["audio"] and target.speaking:
                 target.speaking = False
+                target.touch()
             self.announceMedia(target)
             for kind in flipped:
                 self.announceEvent(target, f"{kind}_{'mute' if target.muted[kind] else 'unmute'}")
@@ -353,4 +383,5 @@ class Conference:
         if member.speaking == speaking:
             return
         member.speaking = speaking
+        member.touch()
         self.announceEvent(member, "start_speaking" if speaking else "stop_speaking")

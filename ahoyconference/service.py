@@ -469,6 +469,7 @@ class ConferenceService(MultiService):
             for kind in member.available:
                 member.available[kind] = False
             member.speaking = False
+            member.touch()
             conf.announceMedia(member, exclude=member)
         conf.remove(member)
         for other in conf.members.values():
@@ -528,6 +529,7 @@ class ConferenceService(MultiService):
         if member.available[kind] == available:
             return
         member.available[kind] = available
+        member.touch()
         if kind == "audio" and not available and member.speaking:
             member.conference.setSpeaking(member, False)
         _log.info("media {kind} {state} for member {member_id} in {conference_id}", kind=kind,

@@ -158,8 +158,16 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=4.0)
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--sfu", default="ahoy,janus", help="ahoy, janus or both")
+    parser.add_argument("--losses", default=",".join(f"{x * 100:g}" for x in LOSSES),
+                        help="loss rates in %%, comma-separated")
+    parser.add_argument("--links", default="publisher,subscriber",
+                        help="which links are made lossy: publisher, subscriber or both")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measurement windows per setting, one row each")
     parser.add_argument("--out", default=str(HERE / "results" / "loss.json"))
     args = parser.parse_args()
+    args.losses = tuple(float(x) / 100 for x in args.losses.split(",") if x.strip())
+    args.links = tuple(x for x in args.links.split(",") if x.strip())
     why = netbed.missing()
     if why:
         raise SystemExit(f"lossbench: {why}")
@@ -202,19 +210,22 @@ def run(bed: NetBed, sfu: str, args) -> list[dict]:
             s.wait(lambda r: r["frames"] > 30, "decoding", timeout=90)
         for link, role, direction in (("publisher", "homeA", "up"),
                                       ("subscriber", "homeB", "down")):
+            if link not in args.links:
+                continue
             other = "homeB" if role == "homeA" else "homeA"
             bed.cables[other].set(both=CLEAN)
-            for loss in LOSSES:
-                if link == "subscriber" and loss == 0:
+            for loss in args.losses:
+                if link == "subscriber" and loss == 0 and "publisher" in args.links:
                     continue  # the same as the publisher's 0 %
                 back = "down" if direction == "up" else "up"
                 bed.cables[role].set(**{direction: {**DELAY, "loss": loss},
                                         back: {**DELAY, "loss": 0}})
                 time.sleep(args.settle)
-                result = measure(bed, publisher, subscribers, args.window, sfu == "ahoy")
-                result.update(sfu=sfu, link=link, loss=loss)
-                rows.append(result)
-                print(json.dumps(result), flush=True)
+                for _ in range(args.repeat):
+                    result = measure(bed, publisher, subscribers, args.window, sfu == "ahoy")
+                    result.update(sfu=sfu, link=link, loss=loss)
+                    rows.append(result)
+                    print(json.dumps(result), flush=True)
             bed.cables[role].set(both=CLEAN)
     finally:
         for peer in peers:

@@ -99,6 +99,12 @@ async def connect(url: str, on_chat, timeout: float, light: bool = True):
     return client
 
 
+def closed(client) -> bool:
+    """Has the server closed this member's connection?"""
+    done = getattr(client, "closed", None)
+    return done.done() if isinstance(done, asyncio.Future) else False
+
+
 def frames(client) -> int:
     """Messages the client received."""
     return sum(client.counts.values())
@@ -125,7 +131,8 @@ async def scenario(url: str, pid: int, rooms: int, per_room: int, args) -> dict:
     n = rooms * per_room
     res = {"scenario": f"room-{per_room}" if rooms == 1 else f"rooms-{rooms}x{per_room}",
            "rooms": rooms, "members_per_room": per_room, "members": n, "errors": 0,
-           "client": args.client, "concurrency": args.concurrency}
+           "client": args.client, "concurrency": args.concurrency,
+           "listeners": args.listeners, "code_root": args.code_root}
     chats: dict[tuple, list] = {}
 
     def on_chat(t, m):
@@ -149,8 +156,12 @@ async def scenario(url: str, pid: int, rooms: int, per_room: int, args) -> dict:
         room_of = [f"bench-{i // per_room}" for i in range(len(clients))]
         # each room is created by its first member (not part of the join timing)
         firsts = list(range(0, len(clients), per_room))
+        # --listeners: a speaker and a moderator password make "" a listener (protocol.md 4.2)
+        roles = {"password": "bench-speaker", "moderatorPassword": "bench-moderator"} \
+            if args.listeners else {}
         await bounded_gather([clients[i].request("CONFERENCE_CREATE_request", args.timeout,
-                                                 conferenceID=room_of[i]) for i in firsts],
+                                                 conferenceID=room_of[i], **roles)
+                              for i in firsts],
                              args.concurrency)
         rss1 = proc_rss_kb(pid)
         # join: rooms fill in parallel, in member order
@@ -199,7 +210,9 @@ async def scenario(url: str, pid: int, rooms: int, per_room: int, args) -> dict:
                                    for key, s in zip(keys, senders, strict=True)),
                                  return_exceptions=True)
             limit = time.monotonic() + args.timeout
-            while (sum(len(chats.get(key, ())) for key in keys) < len(keys) * (per_room - 1)
+            # members the server dropped (a ping unanswered behind a backlog) are not waited for
+            live = sum(1 for c in clients if not closed(c))
+            while (sum(len(chats.get(key, ())) for key in keys) < len(keys) * (live // len(keys) - 1)
                    and time.monotonic() < limit):
                 await asyncio.sleep(0.002)
             for key in keys:
@@ -207,7 +220,9 @@ async def scenario(url: str, pid: int, rooms: int, per_room: int, args) -> dict:
             await asyncio.sleep(max(0.0, args.chat_gap - (time.perf_counter() - t0)))
         cw = w.stop()
         deliveries = len(latencies)
-        expected = args.chat_msgs * len(senders) * (per_room - 1)
+        live = sum(1 for c in clients if not closed(c))
+        res["dropped_by_server"] = len(clients) - live
+        expected = args.chat_msgs * len(senders) * (live // len(senders) - 1)
         res["chat"] = {
             "messages": args.chat_msgs * len(senders), "deliveries": deliveries,
             "deliveries_expected": expected,
@@ -237,11 +252,15 @@ def main() -> int:
     ap.add_argument("--client", choices=("light", "full"), default="light",
                     help="light: bench/wslight.py members; full: the package's protocol client")
     ap.add_argument("--chat-msgs", type=int, default=20)
+    ap.add_argument("--listeners", action="store_true",
+                    help="members join as listeners (the room has speaker and moderator passwords)")
     ap.add_argument("--chat-gap", type=float, default=0.2, help="seconds between chat messages")
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--budget", type=float, default=600.0, help="seconds for everything")
     ap.add_argument("--no-mlock", action="store_true")
     ap.add_argument("--out", help="append JSON lines here")
+    ap.add_argument("--code-root", help="run the ahoyconference/ found in this directory (e.g. a "
+                    "checkout of an earlier commit: A/B runs)")
     ap.add_argument("--pyspy", help="path of py-spy: profile the server during each scenario")
     ap.add_argument("--pyspy-prefix", default="/tmp/ahoy_bench/sig-profile",
                     help="py-spy output: PREFIX-RxM.txt")
@@ -259,7 +278,7 @@ def main() -> int:
         if left < 30:
             print(f"skipping {rooms}x{per_room}: time budget", file=sys.stderr)
             continue
-        proc = servers.start_ahoy(shims, mlock=not args.no_mlock)
+        proc = servers.start_ahoy(shims, mlock=not args.no_mlock, code_root=args.code_root)
         spy = None
         if args.pyspy:
             import subprocess
@@ -283,7 +302,10 @@ def main() -> int:
                     spy.wait(30)
                 except Exception:
                     spy.kill()
-            proc.stop()
+            try:
+                proc.stop(timeout=60)
+            except Exception as e:   # killed: say so in the result
+                res["server_stop"] = repr(e)[:200]
         res["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         line = json.dumps(res)
         print(line, flush=True)

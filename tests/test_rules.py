@@ -88,3 +88,50 @@ class MuteTests(TestCase):
         conf.setSpeaking(spk, False)
         self.assertEqual([(m["messageType"], m["event"]) for m in mod.sink.sent],
                          [("MEDIA_event", "start_speaking"), ("MEDIA_event", "stop_speaking")])
+
+
+class MemberListTests(TestCase):
+    """
+    A join response's member list is kept between joins (a webinar's first
+    minute is a thousand joins) and made again whenever a member's state
+    changes: every joiner sees the room as it is.
+    """
+
+    def join(self, conf, name, role=Role.LISTENER):
+        m = Member(name, role, ClientInfo("192.0.2.7"), Sink())
+        return m, {d["name"]: d for d in json.loads(str(conf.add(m)["members"]))}
+
+    def test_followsChanges(self):
+        conf, (mod, spk) = room()
+        _, listed = self.join(conf, "a")
+        self.assertEqual(set(listed), {"mod", "spk"})
+        self.assertEqual(listed["spk"]["audio"]["muted"], True)
+        conf.share(spk, {"audio": True, "video": True})
+        _, listed = self.join(conf, "b")
+        self.assertEqual(set(listed), {"mod", "spk", "a"})
+        self.assertEqual(listed["spk"]["audio"]["muted"], False)
+        conf.setSpeaking(spk, True)
+        _, listed = self.join(conf, "c")
+        self.assertTrue(listed["spk"]["audio"]["speaking"])
+        conf.mute(mod, spk, {"audio": True})
+        _, listed = self.join(conf, "d")
+        self.assertEqual(listed["spk"]["audio"], {"available": False, "muted": True,
+                                                  "speaking": False})
+        spk.available["video"] = True
+        spk.touch()
+        _, listed = self.join(conf, "e")
+        self.assertTrue(listed["spk"]["video"]["available"])
+        conf.remove(spk)
+        _, listed = self.join(conf, "f")
+        self.assertEqual(set(listed), {"mod", "a", "b", "c", "d", "e"})
+
+    def test_addressesOnlyForModerators(self):
+        """A moderator's list holds addresses, a listener's does not, whatever came first."""
+        conf, _ = room()
+        _, listed = self.join(conf, "l1")
+        self.assertNotIn("ip", listed["mod"])
+        _, listed = self.join(conf, "m2", Role.MODERATOR)
+        self.assertEqual(listed["l1"]["ip"], "192.0.2.7")
+        _, listed = self.join(conf, "l3")
+        self.assertNotIn("ip", listed["m2"])
+        self.assertEqual(set(listed), {"mod", "spk", "l1", "m2"})
