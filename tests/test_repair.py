@@ -67,16 +67,21 @@ class LossRepairTests(TestCase):
 
         self.repair = LossRepair(self.clock, send, giveUp, self.counters)
 
-    def test_firstNackAfterReorderDelay(self):
-        """A gap is NACKed after L{FIRST_NACK_DELAY}, not before."""
+    def test_firstNackNextTurn(self):
+        """
+        A gap is NACKed on the clock's next turn (L{FIRST_NACK_DELAY} is 0),
+        never from the packet path itself; the gaps seen before go out
+        together.
+        """
+        self.assertEqual(_repair.FIRST_NACK_DELAY, 0)
         self.repair.gap(100, 103)
-        self.assertEqual(list(self.repair.missing), [101, 102])
-        self.clock.advance(_repair.FIRST_NACK_DELAY / 2)
+        self.repair.gap(103, 105)
+        self.assertEqual(list(self.repair.missing), [101, 102, 104])
         self.assertEqual(self.sent, [])
-        self.clock.advance(_repair.FIRST_NACK_DELAY / 2)
-        self.assertEqual(self.sent, [[101, 102]])
+        self.clock.advance(0)
+        self.assertEqual(self.sent, [[101, 102, 104]])
         self.assertEqual(self.counters["publisher_nacks_sent"], 1)
-        self.assertEqual(self.counters["publisher_nacked_packets"], 2)
+        self.assertEqual(self.counters["publisher_nacked_packets"], 3)
 
     def test_reorderedIsNotNacked(self):
         """A packet that arrives late on its own within the delay is never asked for."""

@@ -12,8 +12,14 @@ path is one comparison while nothing is lost, and one dictionary operation
 per missing packet otherwise.  The NACKs go out from a timer on the injected
 clock, never from the packet path:
 
- - a missing packet is first NACKed L{FIRST_NACK_DELAY} after its gap was
-   seen (a packet merely reordered by the network arrives in between);
+ - a missing packet is first NACKed on the reactor's next turn after its
+   gap was seen (L{FIRST_NACK_DELAY} is 0): the gaps found in one wake-up
+   go out as one NACK, and a packet merely reordered within that wake-up is
+   not asked for.  Any wait costs the subscribers: at 30 frames/s and one
+   packet a frame the gap is seen one frame late already, and a
+   retransmission one round trip later is then within a few milliseconds of
+   WebRTC's freeze threshold (mean frame interval + 150 ms; bench/RESULTS.md,
+   loss in the test bed);
  - then again every retry interval (the round-trip time measured from the
    first NACK to the retransmission, times L{RTT_MARGIN}, at least
    L{RTT_FLOOR}), at most
@@ -30,8 +36,8 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 
-FIRST_NACK_DELAY = 0.01
-"""Seconds between seeing a gap and the first NACK for it (reordering)."""
+FIRST_NACK_DELAY = 0.0
+"""Seconds between seeing a gap and the first NACK for it: the next turn."""
 RTT_FLOOR = 0.05
 """Seconds: the retry interval is the measured round-trip time, at least this."""
 RTT_MARGIN = 1.25
