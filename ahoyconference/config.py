@@ -162,6 +162,9 @@ class Config:
     cluster: dict | None = None
     #: The C{[sip]} table, or C{None}: no SIP (docs/sip.md).
     sip: SipSettings | None = None
+    #: C{[media] simulcast}: publish offers ask browsers for three video
+    #: layers (docs/architecture.md, "Simulcast").
+    simulcast: bool = True
     path: str | None = None
 
     def replace(self, **changes: Any) -> Config:
@@ -208,6 +211,9 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "public_address": ((str,), None),
         "turn": ((dict,), None),
         "allowed_remote_networks": ((list,), None),
+    },
+    "media": {
+        "simulcast": ((bool,), None),
     },
     "metrics": {
         "enabled": ((bool,), None),
@@ -422,6 +428,7 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
     limitsTable = _checkTable(path, "limits", data.get("limits", {}), SCHEMA["limits"])
     iceTable = _checkTable(path, "ice", data.get("ice", {}), SCHEMA["ice"])
     metrics = _checkTable(path, "metrics", data.get("metrics", {}), SCHEMA["metrics"])
+    media = _checkTable(path, "media", data.get("media", {}), SCHEMA["media"])
     cluster = None
     if "cluster" in data:
         cluster = _checkTable(path, "cluster", data["cluster"], SCHEMA["cluster"])
@@ -513,6 +520,7 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
         log_level=logLevel,
         cluster=cluster,
         sip=sip,
+        simulcast=media.get("simulcast", True),
         path=path,
     )
 

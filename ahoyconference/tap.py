@@ -213,7 +213,8 @@ def buildService(config: Config, reactor) -> MultiService:
 
     def makeEngine(listener):
         return AiortcMediaEngine(listener, config.ice, reactor,
-                                 iceTimeout=config.limits.ice_timeout)
+                                 iceTimeout=config.limits.ice_timeout,
+                                 simulcast=config.simulcast)
 
     try:
         service = ConferenceService(config, reactor, policy, makeEngine, directory)

@@ -91,7 +91,8 @@ class Server:
 
             def makeEngine(listener):
                 return AiortcMediaEngine(listener, self.config.ice, reactor,
-                                         iceTimeout=self.config.limits.ice_timeout)
+                                         iceTimeout=self.config.limits.ice_timeout,
+                                         simulcast=self.config.simulcast)
         else:
             def makeEngine(listener):
                 return engine

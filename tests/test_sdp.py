@@ -205,3 +205,94 @@ class UsableCandidatesTests(TestCase):
                                              allowed=lambda address: True)
         self.assertEqual(dropped, 0)
         self.assertIn("a=end-of-candidates", kept)
+
+
+class SimulcastSdpTests(TestCase):
+    """L{sdp.addSimulcast} and the rids L{sdp.checkAnswer} accepts (docs/architecture.md, "Simulcast")."""
+
+    timeout = 60
+
+    def setUp(self):
+        loopbackOnly(self)
+        self.pcs = []
+        self.addCleanup(self._close)
+
+    @asyncioTest
+    async def _close(self):
+        for pc in self.pcs:
+            await pc.close()
+
+    async def publishPair(self):
+        """A simulcast publish offer as the engine makes it, and aiortc's answer."""
+        pc = RTCPeerConnection(rtcConfiguration(IceSettings()))
+        self.pcs.append(pc)
+        for kind in ("audio", "video"):
+            pc.addTransceiver(kind, direction="recvonly").setCodecPreferences(codecPreferences(kind))
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = sdp.addSimulcast(pc.localDescription.sdp)
+        publisher = Publisher()
+        self.pcs.append(publisher)
+        return offer, await publisher.answer(offer)
+
+    @staticmethod
+    def browserAnswer(answer, rids="l;m;h", declared=("l", "m", "h"), extensions=True):
+        """C{answer} with what Chromium adds when it accepts simulcast."""
+        extra = ""
+        if extensions:
+            extra += ("a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n"
+                      "a=extmap:5 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n")
+        extra += "".join(f"a=rid:{rid} send\r\n" for rid in declared)
+        if rids is not None:
+            extra += f"a=simulcast:send {rids}\r\n"
+        return answer.rstrip("\r\n") + "\r\n" + extra
+
+    def test_offerText(self):
+        """The video section gains rids, a=simulcast and the extensions; audio does not; twice is once."""
+        offer = sdp.addSimulcast(SAMPLE.replace("a=mid:0", "a=mid:0\r\na=extmap:1 "
+                                                + sdp.MID_URI + "\r\na=extmap:2 x-audio"))
+        audio, video = offer.split("m=video")
+        self.assertNotIn("rid", audio)
+        self.assertIn("a=rid:l recv\r\na=rid:m recv\r\na=rid:h recv\r\na=simulcast:recv l;m;h\r\n", video)
+        # the mid id is the audio section's (one id per URI in a bundle); new ids are unused ones
+        self.assertIn(f"a=extmap:1 {sdp.MID_URI}\r\n", video)
+        self.assertIn(f"a=extmap:3 {sdp.RID_URI}\r\n", video)
+        self.assertIn(f"a=extmap:4 {sdp.RRID_URI}\r\n", video)
+        self.assertEqual(sdp.addSimulcast(offer), offer)
+
+    @asyncioTest
+    async def test_aiortcAnswersOneStream(self):
+        """aiortc parses the offer and answers without simulcast: one stream, no rids."""
+        offer, answer = await self.publishPair()
+        self.assertIn("a=simulcast:recv l;m;h", offer)
+        self.assertNotIn("a=simulcast", answer)
+        audio, video = sdp.checkAnswer(offer, answer, "publisher")
+        self.assertEqual((audio.rids, video.rids), ([], []))
+
+    @asyncioTest
+    async def test_browserAnswer(self):
+        """The layers a browser accepts, lowest first; paused ones (~) left out."""
+        offer, answer = await self.publishPair()
+        _, video = sdp.checkAnswer(offer, self.browserAnswer(answer), "publisher")
+        self.assertEqual(video.rids, ["l", "m", "h"])
+        self.assertEqual(video.extensions[sdp.RID_URI], 4)
+        self.assertEqual(video.extensions[sdp.RRID_URI], 5)
+        _, video = sdp.checkAnswer(offer, self.browserAnswer(answer, "h;l,m;~m"), "publisher")
+        self.assertEqual(video.rids, ["l", "h"])
+        # one layer, or no RID extension to tell layers apart: one stream
+        for text in (self.browserAnswer(answer, "m", ("m",)),
+                     self.browserAnswer(answer, extensions=False)):
+            _, video = sdp.checkAnswer(offer, text, "publisher")
+            self.assertEqual(video.rids, [])
+
+    @asyncioTest
+    async def test_badRids(self):
+        """A rid we did not offer, a malformed one, or a=simulcast:recv: 488."""
+        offer, answer = await self.publishPair()
+        for bad in (self.browserAnswer(answer, "l;m;x", ("l", "m", "x")),
+                    self.browserAnswer(answer, "l;m;h", ("l", "m", "h", "q")),
+                    self.browserAnswer(answer, "l;m;h", ("l", "m", "h b")),
+                    self.browserAnswer(answer, "l;m;h", ("l m",)),
+                    self.browserAnswer(answer, "l;;h"),
+                    self.browserAnswer(answer, None) + "a=simulcast:recv l;m\r\n"):
+            e = self.assertRaises(ProtocolError, sdp.checkAnswer, offer, bad, "publisher")
+            self.assertEqual(e.status, 488)

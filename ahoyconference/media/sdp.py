@@ -11,6 +11,9 @@ module does to the text:
    added to the text.
  - L{advertiseAddress}: a 1:1 NAT's public address instead of private host
    candidates (C{[ice] public_address}).
+ - L{addSimulcast}: the video section of a publish offer asks for simulcast
+   (C{a=simulcast:recv}, one C{a=rid:… recv} per layer, the RID and RRID
+   header extensions); aiortc's printer knows none of it.
  - L{checkAnswer}: an answer is parsed and compared with our offer before
    anything is applied; an unusable one raises L{ProtocolError}(488).
  - L{usableCandidates}: only remote candidates the server may and can reach
@@ -30,6 +33,13 @@ from ahoyconference.media.hooks import isCodecCompatible, isRtx
 
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+RRID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+
+SIMULCAST_RIDS = ("l", "m", "h")
+"""The layers a publish offer asks for, lowest first (docs/architecture.md, "Simulcast")."""
+
+_RID = re.compile(r"[A-Za-z0-9_-]{1,16}")
 
 _SEND_DIRECTIONS = {"publisher": ("sendonly", "sendrecv", "inactive"),
                     "subscriber": ("recvonly", "sendrecv", "inactive")}
@@ -92,6 +102,116 @@ def addBandwidth(sdp: str, kind: str, kbps: int) -> str:
     if pending:
         out.extend(bandwidth)
     return "\r\n".join(out) + "\r\n"
+
+
+def addSimulcast(sdp: str, rids: tuple[str, ...] = SIMULCAST_RIDS) -> str:
+    """
+    Ask for simulcast in every C{m=video} section of a publish offer (RFC
+    8853): C{a=simulcast:recv l;m;h}, one C{a=rid:<id> recv} per layer, and
+    the C{sdes:mid}, C{rtp-stream-id} and C{repaired-rtp-stream-id} header
+    extensions (ids the offer does not use yet).  A browser answering it
+    sends one encoding per rid it accepts; one that does not know simulcast
+    answers without it and sends one stream, as before.
+
+    @param rids: the layers, lowest first.
+    """
+    lines = _lines(sdp)
+    used = set()
+    ids: dict[str, int] = {}
+    for line in lines:
+        m = re.match(r"a=extmap:(\d+)(?:/\w+)? (\S+)", line)
+        if m:
+            used.add(int(m.group(1)))
+            ids.setdefault(m.group(2), int(m.group(1)))
+    free = (i for i in range(1, 15) if i not in used)
+    for uri in (MID_URI, RID_URI, RRID_URI):
+        if uri not in ids:
+            ids[uri] = next(free)
+    out: list[str] = []
+    inVideo = False
+    present: set[str] = set()
+
+    def finish():
+        extra = [f"a=extmap:{ids[uri]} {uri}" for uri in (MID_URI, RID_URI, RRID_URI)
+                 if uri not in present]
+        extra += [f"a=rid:{rid} recv" for rid in rids]
+        extra.append("a=simulcast:recv " + ";".join(rids))
+        # extmaps before the section's other attributes would be tidier, but
+        # order does not matter to parsers; keep them together at the end
+        out.extend(extra)
+
+    for line in lines:
+        if line.startswith("m="):
+            if inVideo:
+                finish()
+            inVideo = line.startswith("m=video ")
+            present = set()
+        elif inVideo:
+            m = re.match(r"a=extmap:\d+(?:/\w+)? (\S+)", line)
+            if m:
+                present.add(m.group(1))
+            if line.startswith(("a=rid:", "a=simulcast:")):
+                continue
+        out.append(line)
+    if inVideo:
+        finish()
+    return "\r\n".join(out) + "\r\n"
+
+
+def simulcastLayers(offer: str, answer: str) -> list[list[str]]:
+    """
+    The simulcast layers an answer accepted, per m-section, in the order of
+    our offer's C{a=simulcast:recv} (lowest first): the rids the answer both
+    declares (C{a=rid:<id> send}) and lists in C{a=simulcast:send} (paused
+    ones, C{~id}, and alternatives past the first are left out).  An
+    m-section without simulcast gives C{[]}.
+
+    @raise ProtocolError: 488 when the answer names a rid we did not offer
+        or one that is not well formed.
+    """
+    def sections(text):
+        result = []
+        for line in _lines(text):
+            if line.startswith("m="):
+                result.append([])
+            elif result:
+                result[-1].append(line)
+        return result
+
+    layers = []
+    for ours, theirs in zip(sections(offer), sections(answer), strict=False):
+        offered = []
+        for line in ours:
+            if line.startswith("a=simulcast:recv "):
+                offered = [r for r in re.split("[;,]", line.split(" ", 1)[1].strip()) if r]
+        if not offered:
+            layers.append([])
+            continue
+        declared = set()
+        listed: list[str] = []
+        for line in theirs:
+            if line.startswith("a=rid:"):
+                bits = line[6:].split()
+                if len(bits) < 2 or bits[1] != "send" or not _RID.fullmatch(bits[0]):
+                    _refuse("a=rid line is not a sending rid")
+                declared.add(bits[0])
+            elif line.startswith("a=simulcast:"):
+                bits = line[12:].split()
+                if len(bits) != 2 or bits[0] != "send":
+                    _refuse("a=simulcast must be send")
+                for stream in bits[1].split(";"):
+                    first = stream.split(",")[0]
+                    if first.startswith("~"):
+                        continue
+                    if not _RID.fullmatch(first):
+                        _refuse("a=simulcast names a malformed rid")
+                    listed.append(first)
+        for rid in listed + sorted(declared):
+            if rid not in offered:
+                _refuse(f"the answer's rid {rid[:16]!r} was not offered")
+        accepted = set(listed) & declared
+        layers.append([rid for rid in offered if rid in accepted])
+    return layers
 
 
 def dropMdnsCandidates(sdp: str) -> str:
@@ -168,6 +288,11 @@ class NegotiatedMedia:
     @ivar clockRates: payload type -> clock rate.
     @ivar rtx: payload type of a codec -> payload type of its RTX.
     @ivar extensions: header-extension URI -> id.
+    @ivar ssrcs: the SSRCs the answer announced (C{a=ssrc}).
+    @ivar rids: the simulcast layers the answer accepted, lowest first
+        (L{simulcastLayers}); empty for a single stream.  Only set when the
+        RID header extension was negotiated too (else packets could not be
+        told apart).
     """
 
     kind: str
@@ -178,6 +303,7 @@ class NegotiatedMedia:
     rtx: dict[int, int] = field(default_factory=dict)
     extensions: dict[str, int] = field(default_factory=dict)
     ssrcs: list[int] = field(default_factory=list)
+    rids: list[str] = field(default_factory=list)
 
 
 def _refuse(detail: str):
@@ -285,6 +411,7 @@ def checkAnswer(offer: str, answer: object, side: str) -> list[NegotiatedMedia]:
         parsed = aiosdp.SessionDescription.parse(answer)
     except Exception as e:  # aiortc's parser raises many kinds (assert, KeyError, ...)
         _refuse(f"unparsable SDP ({e.__class__.__name__})")
+    layers = simulcastLayers(offer, answer)
     offered = [(m.kind, m.rtp.muxId) for m in parsedOffer.media]
     answered = [(m.kind, m.rtp.muxId) for m in parsed.media]
     if not answered:
@@ -329,5 +456,8 @@ def checkAnswer(offer: str, answer: object, side: str) -> list[NegotiatedMedia]:
             if ext.uri in offeredUris:
                 media.extensions[ext.uri] = ext.id
         media.ssrcs = [s.ssrc for s in theirs.ssrc]
+        rids = layers[len(result)] if len(result) < len(layers) else []
+        if len(rids) > 1 and RID_URI in media.extensions:
+            media.rids = rids
         result.append(media)
     return result
