@@ -312,9 +312,12 @@ class IMediaEngine(Interface):
         to it stay, idle, until the member shares again or they end.
         """
 
-    def subscribe(subscriberID: str, publisherID: str, audio: bool, video: bool):
+    def subscribe(subscriberID: str, publisherID: str, audio: bool, video: bool,
+                  quality: str = "high"):
         """
         Start (or replace) forwarding this publisher's media to this subscriber.
+        C{quality} (C{"low"}, C{"medium"}, C{"high"}; protocol.md 4.11) is
+        the highest simulcast layer the subscriber wants.
 
         @return: a Deferred firing with the SDP offer for the C{SDP_request}.
         """

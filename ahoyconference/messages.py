@@ -193,8 +193,22 @@ def _mediaMembers(body: dict, limits: Limits) -> list[dict]:
             "memberID": _ID.check("memberID", entry.get("memberID"), limits),
             "audio": _FLAG.check("audio", _orFalse(entry.get("audio")), limits),
             "video": _FLAG.check("video", _orFalse(entry.get("video")), limits),
+            "quality": _quality(entry.get("quality")),
         })
     return out
+
+
+QUALITIES = ("low", "medium", "high")
+"""A C{MEDIA_request} entry's optional C{quality} (protocol.md 4.11)."""
+
+
+def _quality(value: Any) -> str:
+    """C{quality}: absent or null is C{"high"}; anything but the three names is 400."""
+    if value is None:
+        return "high"
+    if value not in QUALITIES:
+        raise ProtocolError(400, detail="quality must be low, medium or high")
+    return value
 
 
 def _orFalse(value: Any) -> Any:

@@ -168,6 +168,18 @@ def _mediaCounters(stats: dict):
     """The media engine's counters of the packet path (docs/architecture.md)."""
     for key, name, documentation in _MEDIA_COUNTERS:
         yield CounterMetricFamily(name, documentation, value=stats.get(key, 0))
+    switches = CounterMetricFamily("ahoy_simulcast_switches",
+                                   "Simulcast layer switches of subscribers, by direction.",
+                                   labels=["direction"])
+    for direction in ("up", "down"):
+        switches.add_metric([direction], stats.get(f"simulcast_switches_{direction}", 0))
+    yield switches
+    yield GaugeMetricFamily("ahoy_simulcast_publishers",
+                            "Publishers whose video comes in simulcast layers.",
+                            value=stats.get("simulcast_publishers", 0))
+    yield CounterMetricFamily("ahoy_simulcast_unknown_rid",
+                              "Simulcast packets dropped: their RID names no offered layer.",
+                              value=stats.get("simulcast_unknown_rid", 0))
     refused = CounterMetricFamily("ahoy_retransmissions_refused",
                                   "NACKed packets not resent, by reason (budget, repeat).",
                                   labels=["reason"])

@@ -40,7 +40,7 @@ class NoMediaEngine:
     def unpublish(self, memberID):
         """Nothing is published."""
 
-    def subscribe(self, subscriberID, publisherID, audio, video):
+    def subscribe(self, subscriberID, publisherID, audio, video, quality="high"):
         """@return: a Deferred failing with 501."""
         return defer.fail(ProtocolError(501))
 

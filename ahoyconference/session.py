@@ -438,7 +438,11 @@ class Session:
         offer = _Offer(self.service.clock.seconds(), publisher.shareEpoch)
         self._offers[pid] = offer
         try:
-            sdp = yield engine.subscribe(member.memberID, pid, audio, video)
+            quality = entry.get("quality", "high")
+            if quality == "high":  # the default: engines without simulcast need not know it
+                sdp = yield engine.subscribe(member.memberID, pid, audio, video)
+            else:
+                sdp = yield engine.subscribe(member.memberID, pid, audio, video, quality=quality)
             self._subscribedTo.add(pid)
         except ProtocolError as e:
             _log.info("subscription of {member_id} to {publisher_id} refused: {status}",

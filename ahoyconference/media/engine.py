@@ -60,6 +60,7 @@ from ahoyconference.media.peers import (
 )
 from ahoyconference.media.repair import LossRepair
 from ahoyconference.media.rtcp import RtcpPolicy
+from ahoyconference.media.simulcast import QUALITIES, Selector
 from ahoyconference.media.streams import MediaStreams
 
 _log = logger(__name__)
@@ -109,7 +110,7 @@ class AiortcMediaEngine:
 
     def __init__(self, listener: IMediaListener, ice: IceSettings, clock, iceTimeout: float = 30.0,
                  *, pliInterval: float = 0.3, reportInterval: float = 1.0,
-                 nackPublishers: bool = True):
+                 nackPublishers: bool = True, simulcast: bool = True):
         """
         @param listener: told of media availability and speaking changes.
         @param ice: the C{[ice]} settings.
@@ -122,6 +123,8 @@ class AiortcMediaEngine:
         @param nackPublishers: repair loss on publishers' video with NACK and
             RTX (L{ahoyconference.media.repair}); C{False} (read when a
             publisher's stream is made) forwards the gaps as they are.
+        @param simulcast: publish offers ask for simulcast video
+            (C{[media] simulcast}, L{ahoyconference.media.simulcast}).
         @raise hooks.HookMismatch: the installed aiortc, aioice or pylibsrtp
             no longer fit the private hooks.
         """
@@ -130,6 +133,7 @@ class AiortcMediaEngine:
         self._clock = clock
         self._now = clock.seconds
         self.nackPublishers = nackPublishers
+        self.simulcast = simulcast
         self._publishers: dict[str, Publisher] = {}
         self.faults = Faults()
         self.drops = Counter()
@@ -252,6 +256,8 @@ class AiortcMediaEngine:
             raise ProtocolError(409, detail="publish superseded")
         if "video" in kinds:
             offer = _sdp.addBandwidth(offer, "video", pub.cap)
+            if self.simulcast:
+                offer = _sdp.addSimulcast(offer)
         offer = _sdp.advertiseAddress(offer, self._iceSettings.public_address)
         conn.offerSdp = offer
         _log.debug("publish offer for {member_id} ({size} bytes of SDP)",
@@ -308,13 +314,27 @@ class AiortcMediaEngine:
                              media.extensions.get(_sdp.MID_URI, 0),
                              media.extensions.get(_sdp.AUDIO_LEVEL_URI, 0) if kind == "audio" else 0,
                              media.ssrcs)
+            target = stream
+            if kind == "video" and media.rids:
+                target = self._media.simulcast(memberID, media.rids,
+                                               media.extensions.get(_sdp.RID_URI, 0),
+                                               media.extensions.get(_sdp.RRID_URI, 0),
+                                               self._countDrop, self.counters)
+                for layer in target.layers:
+                    layer.configure(media.codecs, media.clockRates,
+                                    media.extensions.get(_sdp.MID_URI, 0), 0)
+                stream.useLayers(target)
+            elif kind == "video" and stream.layers is not None:
+                stream.useLayers(None)
             for pt in media.codecs:
-                conn.byPT[pt] = stream
-            if stream.repair is not None:
+                conn.byPT[pt] = target
+            if stream.repair is not None or stream.layers is not None:
                 for apt, rtx in media.rtx.items():
-                    conn.rtxPT[rtx] = (stream, apt)
-        _log.info("member {member_id} publishes {kinds} (video cap {cap} kbit/s)",
-                  member_id=short(memberID), kinds="+".join(conn.kinds), cap=pub.cap)
+                    conn.rtxPT[rtx] = (target, apt)
+        video = conn.negotiated.get("video")
+        _log.info("member {member_id} publishes {kinds} (video cap {cap} kbit/s{layers})",
+                  member_id=short(memberID), kinds="+".join(conn.kinds), cap=pub.cap,
+                  layers=f", simulcast {';'.join(video.rids)}" if video and video.rids else "")
         if conn.pc.connectionState == "connected" and not conn.connected:
             self._connections.stateChanged(conn, "connected")
 
@@ -344,7 +364,7 @@ class AiortcMediaEngine:
             pub.current.forget(ssrc)
 
     def _keyframeNeeded(self, stream: InStream) -> None:
-        self._rtcp.requestKeyframe(stream.publisherID)
+        self._rtcp.requestKeyframe(stream.publisherID, stream)
 
     def unpublish(self, memberID):
         """Stop receiving this member's media; subscriptions to it stay, idle."""
@@ -371,19 +391,24 @@ class AiortcMediaEngine:
 
     # -- subscribing -----------------------------------------------------------
 
-    def subscribe(self, subscriberID, publisherID, audio, video):
+    def subscribe(self, subscriberID, publisherID, audio, video, quality="high"):
         """
         Offer this publisher's media to this subscriber (replacing an earlier
         subscription).  Only kinds the publisher shares are offered.
+        C{quality} (protocol.md 4.11) is the highest simulcast layer to send
+        it (C{"low"}, C{"medium"}, C{"high"}).
 
         @return: a Deferred firing with the SDP offer (with C{None} when
             neither kind is asked for: that ends the subscription); failing
             with L{ProtocolError} 409 when the publisher shares none of them.
         """
-        return _deferred(self._subscribe(subscriberID, publisherID, bool(audio), bool(video)))
+        return _deferred(self._subscribe(subscriberID, publisherID, bool(audio), bool(video),
+                                         quality))
 
-    async def _subscribe(self, subscriberID, publisherID, audio, video):
+    async def _subscribe(self, subscriberID, publisherID, audio, video, quality="high"):
         self._checkOpen()
+        if quality not in QUALITIES:
+            raise ProtocolError(400, detail="quality must be low, medium or high")
         if not (audio or video):
             self.unsubscribe(subscriberID, publisherID)
             return None
@@ -398,6 +423,7 @@ class AiortcMediaEngine:
             self._connections.close(old)
         pc = self._connections.new()
         sub = Subscription(pc, subscriberID, publisherID, kinds)
+        sub.quality = QUALITIES.index(quality)
         pub = self._publishers.get(publisherID)
         for kind in kinds:
             keys = None
@@ -475,6 +501,8 @@ class AiortcMediaEngine:
             mid = transceiver.mid or "0"
             out = OutStream(kind, ssrc, {k: pt for pt, k in media.codecs.items()},
                             dict(media.rtx), rtxSsrc, ord(mid[0]), protect, sendto, addr)
+            if kind == "video":
+                out.sim = Selector(sub.quality)
             sub.outs[kind] = out
             self._media.streamFor(sub.publisherID, kind).attach(out)
         _log.info("{what} connected ({kinds})", what=sub.describe(), kinds="+".join(sub.outs))
@@ -590,6 +618,8 @@ class AiortcMediaEngine:
             "peer_connections": dict(self._connections.states()),
         }
         result.update(self.counters)
+        result["simulcast_publishers"] = sum(1 for s in self._streams.values()
+                                             if s.layers is not None)
         return result
 
     def close(self):

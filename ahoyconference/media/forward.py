@@ -82,6 +82,9 @@ class InStream:
     @ivar drops: dropped packets by reason; C{dropped} is their sum.
     @ivar repair: the L{LossRepair} that NACKs the publisher for this
         stream's gaps (video), or C{None}.
+    @ivar layers: while the publisher sends simulcast, its
+        L{ahoyconference.media.simulcast.SimulcastVideo}: the packets go
+        to its layers, and this stream's outputs are fed from them.
     """
 
     def __init__(self, publisherID: str, kind: str, now: Callable[[], float],
@@ -101,6 +104,7 @@ class InStream:
         self._faults = faults if faults is not None else Faults()
         self.onLevel = onLevel
         self.repair = repair
+        self.layers = None
         self.outputs: list[OutStream] = []
         self.active: list[OutStream] = []
         self.enabled = True
@@ -168,6 +172,10 @@ class InStream:
 
     def attach(self, out: OutStream) -> None:
         """Start feeding an output (its subscriber's DTLS is connected)."""
+        if self.layers is not None:
+            self.outputs.append(out)
+            self.layers.attach(out)
+            return
         if self.ssrc is not None:
             out.seqDelta = (out.startSeq - self.maxSeq - 1) & 0xFFFF
             ref = self.fwdTs if self.fwdSeq is not None else self.refRtp
@@ -185,6 +193,8 @@ class InStream:
             self.outputs.remove(out)
             self.detachedErrors += out.errors
             self._remap()
+        if self.layers is not None:
+            self.layers.detach(out)
 
     @property
     def sendErrors(self) -> int:
@@ -197,14 +207,51 @@ class InStream:
             self.resync = True
             self.pt = -1
         self.enabled = enabled
+        if self.layers is not None:
+            for layer in self.layers.layers:
+                layer.setEnabled(enabled)
 
     def sourceGone(self) -> None:
         """The publisher's connection closed: the next packet is a new source."""
         self.ssrc = None
         self.pt = -1
         self.resync = True
+        if self.layers is not None:
+            for layer in self.layers.layers:
+                layer.sourceGone()
+                layer.available = False
+
+    def useLayers(self, layers) -> None:
+        """
+        The publisher's connection sends simulcast (a
+        L{ahoyconference.media.simulcast.SimulcastVideo}), or no longer
+        (C{None}): the outputs move to its layers, or back here.
+        """
+        old = self.layers
+        self.layers = None
+        if old is not None:
+            old.release()
+            for layer in old.layers:  # their counters stay in /metrics
+                self.sentPackets += layer.sentPackets
+                self.sentOctets += layer.sentOctets
+                self.dropped += layer.dropped
+                self.drops.update(layer.drops)
+                self.detachedErrors += layer.sendErrors
+                if layer.repair is not None:
+                    layer.repair.reset()
+        self.layers = layers
+        self._remap()
+        if layers is not None:
+            for out in self.outputs:
+                layers.attach(out)
+        else:
+            self.resync = True
+            self.pt = -1
 
     def _remap(self) -> None:
+        if self.layers is not None:
+            self.active = []  # the layers feed the outputs
+            return
         key = self.key
         active = []
         for o in self.outputs:
@@ -436,6 +483,10 @@ class InStream:
 
     def senderReport(self, ssrc: int, ntp: int, rtp: int) -> None:
         """The publisher's sender report for this stream."""
+        if self.layers is not None:
+            for layer in self.layers.layers:
+                layer.senderReport(ssrc, ntp, rtp)
+            return
         if ssrc != self.ssrc:
             return
         now = self._now()
@@ -474,6 +525,9 @@ class InStream:
         source's clock mapping (from its sender report, or its first packet)
         carried forward to now and into the output's timestamp space.
         """
+        if self.layers is not None:
+            layer = self.layers.layerOf(out)
+            return layer.senderInfo(out) if layer is not None else None
         if self.ssrc is None or out.seqDelta is None:
             return None
         now = self._now()
@@ -493,6 +547,9 @@ class InStream:
             skips it.
         @return: how many packets were sent.
         """
+        if self.layers is not None:
+            layer = self.layers.layerOf(out)
+            return layer.retransmit(out, sequenceNumbers, mayResend) if layer is not None else 0
         if self.ring is None or out.seqDelta is None or not self.enabled or out.pt < 0:
             return 0
         sent = 0

@@ -32,12 +32,14 @@ class OutStream:
         attached (sender reports count from there).
     @ivar errors: packets that could not be protected or sent.
     @ivar zeroCopy: L{zeroCopySender}'s parts, or C{None} for the generic path.
+    @ivar sim: the L{ahoyconference.media.simulcast.Selector} of a video
+        output (its layer when the publisher sends simulcast), or C{None}.
     """
 
     __slots__ = (
         "kind", "ssrc", "rtxSsrc", "ptByKey", "rtxByPt", "pt", "rtxPt", "mid",
         "_protect", "_sendto", "addr", "seqDelta", "tsDelta", "startSeq", "startTs",
-        "rtxSeq", "basePackets", "baseOctets", "errors", "zeroCopy",
+        "rtxSeq", "basePackets", "baseOctets", "errors", "zeroCopy", "sim",
     )
 
     def __init__(self, kind: str, ssrc: int, ptByKey: dict, rtxByPt: dict, rtxSsrc: int | None,
@@ -62,6 +64,7 @@ class OutStream:
         self.baseOctets = 0
         self.errors = 0
         self.zeroCopy = zeroCopySender(protect, sendto)
+        self.sim = None
 
     def __repr__(self) -> str:
         return (f"<OutStream {self.kind} ssrc={self.ssrc} pt={self.pt} to {self.addr} "

@@ -214,6 +214,8 @@ class Subscription(Peer):
         self.outs: dict = {}
         self.remb: int | None = None
         self.rembTime = 0.0
+        #: the highest simulcast layer it asked for (0 low .. 2 high)
+        self.quality = 2
         self.retransmitBudget = None
 
     def describe(self) -> str:
@@ -297,6 +299,8 @@ class Publisher:
         self.pending: PublisherConnection | None = None
         self.lastPli = -math.inf
         self.pliTimer = None
+        #: the streams (or simulcast layers) the next PLI is for
+        self.pliWanted: set = set()
         self.reportCall = None
         #: payload type → codec key of a non-WebRTC publisher (a phone), else empty.
         self.plainCodecs: dict = {}

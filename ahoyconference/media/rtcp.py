@@ -129,14 +129,20 @@ class RtcpPolicy:
 
     # -- to publishers -----------------------------------------------------
 
-    def requestKeyframe(self, publisherID: str) -> None:
+    def requestKeyframe(self, publisherID: str, stream=None) -> None:
         """
         Ask the publisher for a keyframe (PLI), at most once per
         C{pliInterval}: requests in between are merged into one sent when
         the interval is over.
+
+        @param stream: the L{InStream} (or simulcast layer) that needs it;
+            C{None}: the publisher's video (every layer of a simulcast one).
         """
         pub = self._publishers.get(publisherID)
-        if pub is None or pub.pliTimer is not None:
+        if pub is None:
+            return
+        pub.pliWanted.add(stream)
+        if pub.pliTimer is not None:
             return
         wait = pub.lastPli + self._pliInterval - self._now()
         if wait <= 0:
@@ -149,14 +155,27 @@ class RtcpPolicy:
             pub.pliTimer = self._clock.callLater(wait, fire)
 
     def _sendPli(self, pub: Publisher) -> None:
+        wanted, pub.pliWanted = pub.pliWanted, set()
         conn = pub.current
-        stream = self._streams.get((pub.memberID, "video"))
-        if conn is None or not conn.hooked or stream is None or stream.ssrc is None:
+        main = self._streams.get((pub.memberID, "video"))
+        if conn is None or not conn.hooked or main is None:
             return
-        packet = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=conn.rtcpSsrc, media_ssrc=stream.ssrc)
-        if hooks.sendRtcp(conn.dtls, bytes(packet)):
+        ssrcs = set()
+        for stream in wanted:
+            if stream is None or stream is main:
+                if main.layers is not None:
+                    ssrcs.update(main.layers.ssrcs())
+                elif main.ssrc is not None:
+                    ssrcs.add(main.ssrc)
+            elif stream.ssrc is not None:
+                ssrcs.add(stream.ssrc)
+        if not ssrcs:
+            return
+        data = b"".join(bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=conn.rtcpSsrc,
+                                             media_ssrc=ssrc)) for ssrc in sorted(ssrcs))
+        if hooks.sendRtcp(conn.dtls, data):
             pub.lastPli = self._now()
-            self._counters["keyframe_requests"] += 1
+            self._counters["keyframe_requests"] += len(ssrcs)
 
     def sendNack(self, stream, seqs: list[int]) -> bool:
         """
@@ -181,6 +200,11 @@ class RtcpPolicy:
         """
         pub = self._publishers.get(publisherID)
         cap = (pub.cap if pub is not None else 500) * 1000
+        video = self._streams.get((publisherID, "video"))
+        if video is not None and video.layers is not None:
+            # simulcast: each subscriber gets the layer it can take; the
+            # publisher sends every layer it can within its cap
+            return cap
         now = self._now()
         estimates = sorted(sub.remb for sub in self._subscriptionsOf(publisherID)
                            if sub.remb is not None and "video" in sub.outs
@@ -199,14 +223,21 @@ class RtcpPolicy:
         reports = []
         for kind in conn.kinds:
             stream = self._streams.get((pub.memberID, kind))
-            info = stream.receiverInfo() if stream is not None else None
-            if info is not None:
-                reports.append(info)
-        data = bytes(RtcpRrPacket(ssrc=conn.rtcpSsrc, reports=reports))
+            if stream is None:
+                continue
+            for source in (stream.layers.layers if stream.layers is not None else (stream,)):
+                info = source.receiverInfo()
+                if info is not None:
+                    reports.append(info)
+        data = bytes(RtcpRrPacket(ssrc=conn.rtcpSsrc, reports=reports[:31]))
         video = self._streams.get((pub.memberID, "video"))
-        if "video" in conn.kinds and video is not None and video.ssrc is not None:
+        ssrcs = []
+        if video is not None:
+            ssrcs = video.layers.ssrcs() if video.layers is not None else (
+                [video.ssrc] if video.ssrc is not None else [])
+        if "video" in conn.kinds and ssrcs:
             remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=conn.rtcpSsrc, media_ssrc=0,
-                                  fci=pack_remb_fci(self.bitrateFor(pub.memberID), [video.ssrc]))
+                                  fci=pack_remb_fci(self.bitrateFor(pub.memberID), ssrcs))
             data += bytes(remb)
             self._counters["remb_sent"] += 1
         hooks.sendRtcp(conn.dtls, data)
@@ -275,9 +306,11 @@ class RtcpPolicy:
         for packet in self._parse(data):
             if isinstance(packet, RtcpPsfbPacket):
                 if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
-                    if "video" in sub.outs:
+                    out = sub.outs.get("video")
+                    if out is not None:
                         self._counters["keyframe_requests_received"] += 1
-                        self.requestKeyframe(sub.publisherID)
+                        layer = out.sim.layer if out.sim is not None else None
+                        self.requestKeyframe(sub.publisherID, layer)
                 elif packet.fmt == RTCP_PSFB_APP:
                     try:
                         bitrate, _ = unpack_remb_fci(packet.fci)
@@ -285,8 +318,25 @@ class RtcpPolicy:
                         continue
                     sub.remb = bitrate
                     sub.rembTime = self._now()
+                    layers = self._layersFor(sub)
+                    if layers is not None:
+                        layers.estimate(sub.outs["video"], bitrate)
             elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
                 self._nack(sub, packet)
+            elif isinstance(packet, RtcpRrPacket):
+                layers = self._layersFor(sub)
+                if layers is not None:
+                    out = sub.outs["video"]
+                    for report in packet.reports:
+                        if report.ssrc == out.ssrc:
+                            layers.loss(out, report.fraction_lost / 256)
+
+    def _layersFor(self, sub: Subscription):
+        """The simulcast layers feeding the subscription's video, if any."""
+        if "video" not in sub.outs:
+            return None
+        stream = self._streams.get((sub.publisherID, "video"))
+        return stream.layers if stream is not None else None
 
     def _nack(self, sub: Subscription, packet: RtcpRtpfbPacket) -> None:
         out = sub.outs.get("video")
@@ -295,7 +345,10 @@ class RtcpPolicy:
             return
         self._counters["nacks_received"] += 1
         now = self._now()
-        received = stream.acceptedOctets - out.baseOctets
+        source = stream.layers.layerOf(out) if stream.layers is not None else stream
+        if source is None:
+            return
+        received = source.acceptedOctets - out.baseOctets
         budget = sub.retransmitBudget
         if budget is None:
             budget = sub.retransmitBudget = RetransmitBudget(now, received)

@@ -20,6 +20,7 @@ from ahoyconference.media.faults import Faults
 from ahoyconference.media.forward import InStream
 from ahoyconference.media.peers import KINDS, short
 from ahoyconference.media.repair import LossRepair
+from ahoyconference.media.simulcast import LayerStream, SimulcastVideo
 from ahoyconference.media.speaking import SpeakingDetector
 
 _log = logger(__name__)
@@ -67,6 +68,32 @@ class MediaStreams:
                 stream.repair = self._makeRepair(stream)
             self.streams[(memberID, kind)] = stream
         return stream
+
+    def simulcast(self, memberID: str, rids: list[str], ridId: int, rridId: int,
+                  onDropped: Callable[[str], None], counters: Counter) -> SimulcastVideo:
+        """
+        Layers for the member's video (a publisher connection that sends
+        simulcast), each an L{InStream} of its own with its own loss repair,
+        told to the member's video stream (L{InStream.useLayers}).
+        """
+        main = self.streamFor(memberID, "video")
+
+        def available(layer, up):
+            if up and not main.available:
+                main.available = True
+                self._available(main, True)
+
+        def makeLayer(owner, index, rid):
+            layer = LayerStream(owner, index, rid, memberID, "video", self._now,
+                                onAvailable=available, onKeyframeNeeded=self._onKeyframeNeeded,
+                                onSource=self._onSource, onStale=self._onStale,
+                                faults=self._faults)
+            layer.repair = self._makeRepair(layer)
+            return layer
+
+        video = SimulcastVideo(main, rids, ridId, rridId, makeLayer, self._now,
+                               self._onKeyframeNeeded, onDropped, counters)
+        return video
 
     def _detectorFor(self, memberID: str) -> SpeakingDetector:
         """The member's speaking detector, made on first use."""
@@ -128,6 +155,8 @@ class MediaStreams:
         self._leaving.discard(memberID)
 
     def _retire(self, stream: InStream) -> None:
+        if stream.layers is not None:
+            stream.useLayers(None)  # folds the layers' counters into the stream's
         if stream.repair is not None:
             stream.repair.reset()
         self._retired["forwarded_packets"] += stream.sentPackets
@@ -140,6 +169,9 @@ class MediaStreams:
         """Speaking timeouts: publishers whose audio stopped stop speaking."""
         for detector in list(self._detectors.values()):
             detector.idle(now)
+        for stream in list(self.streams.values()):
+            if stream.layers is not None:
+                stream.layers.tick()
 
     def totals(self) -> Counter:
         """
@@ -148,7 +180,9 @@ class MediaStreams:
         """
         totals = Counter(self._retired)
         drops = Counter(self._retiredDrops)
-        for stream in self.streams.values():
+        streams = [s for main in self.streams.values()
+                   for s in (main, *(main.layers.layers if main.layers is not None else ()))]
+        for stream in streams:
             drops.update(stream.drops)
             totals["forwarded_packets"] += stream.sentPackets
             totals["forwarded_bytes"] += stream.sentOctets
