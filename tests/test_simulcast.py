@@ -1,0 +1,400 @@
+# -*- test-case-name: tests.test_simulcast -*-
+"""
+Tests for L{ahoyconference.media.simulcast}: crafted RTP packets with VP8
+payload descriptors through the layers of one publisher to subscribers'
+outputs, on a L{task.Clock}; no sockets, no SRTP (the outputs' "protect" is
+the identity and their "sendto" records).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from ahoyconference.media import simulcast
+from ahoyconference.media.forward import InStream
+from ahoyconference.media.outstream import OutStream
+from ahoyconference.media.simulcast import (
+    LayerStream,
+    Selector,
+    SimulcastVideo,
+    readExtension,
+    vp8Fields,
+)
+
+VP8 = ("video/vp8", 90000, "", "")
+MID_ID, RID_ID, RRID_ID = 1, 4, 5
+SSRCS = {"l": 1000, "m": 2000, "h": 3000}
+
+
+def extensions(*elements: tuple[int, bytes]) -> bytes:
+    """A one-byte header-extension block (RFC 8285) of these elements."""
+    body = b"".join(bytes([(eid << 4) | (len(value) - 1)]) + value for eid, value in elements)
+    body += b"\0" * (-len(body) % 4)
+    return struct.pack("!HH", 0xBEDE, len(body) // 4) + body
+
+
+def vp8Packet(ssrc: int, seq: int, ts: int, pic: int, tl0: int, *, keyframe=False,
+              start=True, rid: str | None = None, marker=False, pt=96, size=100) -> bytes:
+    """An RTP packet with a VP8 payload descriptor (X, I with 15 bits, L) and the mid extension."""
+    elements = [(MID_ID, b"1")]
+    if rid is not None:
+        elements.append((RID_ID, rid.encode()))
+    ext = extensions(*elements)
+    header = struct.pack("!BBHII", 0x90, (0x80 if marker else 0) | pt, seq, ts, ssrc) + ext
+    descriptor = bytes([0x90 if start else 0x80, 0xC0, 0x80 | (pic >> 8), pic & 0xFF, tl0])
+    payload = bytes([0x00 if keyframe else 0x01]) + b"\xAA" * (size - 1)
+    return header + descriptor + payload
+
+
+def parse(packet: bytes) -> dict:
+    """What a subscriber sees of a packet we sent."""
+    b0, b1, seq, ts, ssrc = struct.unpack_from("!BBHII", packet)
+    start = simulcast.payloadStart(packet)
+    picOffset, bits, tl0Offset, keyframe = vp8Fields(packet, start)
+    return {"seq": seq, "ts": ts, "ssrc": ssrc, "pt": b1 & 0x7F,
+            "pic": simulcast.readPictureId(packet, picOffset, bits), "tl0": packet[tl0Offset],
+            "keyframe": keyframe, "size": len(packet)}
+
+
+class Publisher:
+    """Three layers that each send 30 frames/s of one packet, their own numbering."""
+
+    def __init__(self, clock: Clock, layers=("l", "m", "h")):
+        self.clock = clock
+        self.keyframes: list[str] = []
+        self.respond = True  # a PLI gets a keyframe of that layer with its next frame
+        self.drops: Counter = Counter()
+        self.counters: Counter = Counter()
+        self.main = InStream("pub", "video", clock.seconds)
+        self.main.configure({96: VP8}, {96: 90000}, MID_ID, 0)
+
+        def makeLayer(owner, index, rid):
+            layer = LayerStream(owner, index, rid, "pub", "video", clock.seconds)
+            layer.configure({96: VP8}, {96: 90000}, MID_ID, 0)
+            return layer
+
+        self.video = SimulcastVideo(self.main, list(layers), RID_ID, RRID_ID, makeLayer,
+                                    clock.seconds, lambda layer: self.keyframes.append(layer.rid),
+                                    lambda reason: self.drops.update([reason]), self.counters)
+        self.main.useLayers(self.video)
+        # each layer's own sequence numbers, timestamps, picture IDs, TL0PICIDX
+        self.state = {rid: [100 * (i + 1), 50_000 * (i + 1), 7000 * (i + 1) % 0x8000, 17 * i]
+                      for i, rid in enumerate(layers)}
+
+    def send(self, rid: str, keyframe=False, withRid=True, size=None) -> None:
+        seq, ts, pic, tl0 = self.state[rid]
+        size = size or {"l": 100, "m": 300, "h": 900}[rid]
+        self.video.packet(vp8Packet(SSRCS[rid], seq & 0xFFFF, ts & 0xFFFFFFFF, pic, tl0,
+                                    keyframe=keyframe, rid=rid if withRid else None, size=size))
+        self.state[rid] = [seq + 1, ts + 3000, (pic + 1) & 0x7FFF, (tl0 + 1) & 0xFF]
+
+    def frame(self, keyframes=(), rids=("l", "m", "h")) -> None:
+        """One frame of every layer, then 1/30 s passes."""
+        for rid in rids:
+            requested = self.respond and rid in self.keyframes
+            if requested:
+                self.keyframes = [r for r in self.keyframes if r != rid]
+            self.send(rid, keyframe=rid in keyframes or requested)
+        self.clock.advance(1 / 30)
+
+    def run(self, seconds: float, rids=("l", "m", "h")) -> None:
+        """Frames for C{seconds}, the engine's tick every second."""
+        frames = int(round(seconds * 30))
+        for i in range(frames):
+            self.frame(rids=rids)
+            if i % 30 == 29:
+                self.video.tick()
+
+
+def output(quality: int = 2) -> tuple[OutStream, list[dict]]:
+    """A subscriber's output that records what it is sent."""
+    sent: list[dict] = []
+    out = OutStream("video", 0xABCDEF, {VP8: 120}, {}, None, ord("9"), lambda data: data,
+                    lambda data, addr: sent.append(parse(data)), ("127.0.0.1", 1))
+    out.sim = Selector(quality)
+    return out, sent
+
+
+class PacketTests(TestCase):
+    """Reading the RID extension and the VP8 payload descriptor."""
+
+    def test_readExtension(self):
+        """One-byte and two-byte forms; absent ids and truncated blocks give None."""
+        packet = vp8Packet(1, 1, 1, 5, 1, rid="h")
+        self.assertEqual(readExtension(packet, RID_ID), b"h")
+        self.assertEqual(readExtension(packet, MID_ID), b"1")
+        self.assertIsNone(readExtension(packet, 9))
+        self.assertIsNone(readExtension(packet, 0))
+        two = struct.pack("!BBHII", 0x90, 96, 1, 1, 1) + struct.pack("!HH", 0x1000, 2) \
+            + bytes([7, 3]) + b"mid" + b"\0\0\0" + b"\x90"
+        self.assertEqual(readExtension(two, 7), b"mid")
+        self.assertIsNone(readExtension(packet[:14], RID_ID))
+        self.assertIsNone(readExtension(struct.pack("!BBHII", 0x80, 96, 1, 1, 1), RID_ID))
+
+    def test_vp8Fields(self):
+        """Picture ID (15 and 7 bits), TL0PICIDX and the keyframe bit."""
+        key = vp8Packet(1, 1, 1, 0x1234, 9, keyframe=True)
+        start = simulcast.payloadStart(key)
+        picOffset, bits, tl0Offset, keyframe = vp8Fields(key, start)
+        self.assertEqual((bits, keyframe, key[tl0Offset]), (15, True, 9))
+        self.assertEqual(simulcast.readPictureId(key, picOffset, bits), 0x1234)
+        self.assertFalse(vp8Fields(vp8Packet(1, 1, 1, 5, 9), start)[3])
+        self.assertFalse(vp8Fields(vp8Packet(1, 1, 1, 5, 9, keyframe=True, start=False), start)[3])
+        seven = bytes([0x90, 0x80, 0x05, 0x00])
+        self.assertEqual(vp8Fields(seven, 0), (2, 7, 0, True))
+        self.assertEqual(vp8Fields(b"\x90", 0), (0, 0, 0, False))
+        self.assertEqual(vp8Fields(b"", 0), (0, 0, 0, False))
+        buffer = bytearray(4)
+        simulcast.writePictureId(buffer, 0, 15, 0x7FFF)
+        self.assertEqual(simulcast.readPictureId(buffer, 0, 15), 0x7FFF)
+
+
+class LayerTests(TestCase):
+    """SSRCs learnt from the RID extension; unknown RIDs dropped and counted."""
+
+    def test_learnSsrcs(self):
+        clock = Clock()
+        pub = Publisher(clock)
+        pub.frame()
+        self.assertEqual(pub.video.bySsrc, {SSRCS[r]: pub.video.layers[i]
+                                            for i, r in enumerate("lmh")})
+        # later packets need no RID
+        pub.send("m", withRid=False)
+        self.assertEqual(pub.video.layers[1].received, 2)
+        self.assertEqual(sorted(pub.video.ssrcs()), sorted(SSRCS.values()))
+
+    def test_unknownRid(self):
+        """A packet of an unknown SSRC without (or with a foreign) RID is dropped, counted."""
+        pub = Publisher(Clock())
+        pub.video.packet(vp8Packet(5, 1, 1, 1, 1))
+        pub.video.packet(vp8Packet(6, 1, 1, 1, 1, rid="x"))
+        self.assertEqual(pub.drops["unknown_rid"], 2)
+        self.assertEqual(pub.counters["simulcast_unknown_rid"], 2)
+        self.assertEqual(pub.video.bySsrc, {})
+
+
+class SwitchTests(TestCase):
+    """One continuous stream per subscriber across layer switches."""
+
+    def assertContinuous(self, sent: list[dict], maxGap: float = 0.2):
+        """
+        Sequence numbers +1, timestamps forward (by at most C{maxGap}
+        seconds), picture IDs +1, TL0PICIDX +1, one SSRC and payload type.
+        """
+        for a, b in zip(sent, sent[1:], strict=False):
+            self.assertEqual(b["seq"], (a["seq"] + 1) & 0xFFFF, (a, b))
+            self.assertTrue(0 < (b["ts"] - a["ts"]) & 0xFFFFFFFF <= maxGap * 90000, (a, b))
+            self.assertEqual(b["pic"], (a["pic"] + 1) & 0x7FFF, (a, b))
+            self.assertEqual(b["tl0"], (a["tl0"] + 1) & 0xFF, (a, b))
+            self.assertEqual(b["ssrc"], 0xABCDEF)
+            self.assertEqual(b["pt"], 120)
+
+    def test_startsOnKeyframe(self):
+        """A new output gets nothing until a keyframe of its layer, and a PLI asks for one."""
+        clock = Clock()
+        pub = Publisher(clock)
+        pub.run(1)
+        pub.respond = False
+        out, sent = output()
+        pub.main.attach(out)
+        self.assertEqual(pub.keyframes, ["h"])
+        pub.run(0.5)
+        self.assertEqual(sent, [])
+        pub.frame(keyframes=("h",))
+        pub.run(0.5)
+        self.assertTrue(sent[0]["keyframe"])
+        self.assertEqual({p["size"] for p in sent}, {len(vp8Packet(1, 1, 1, 1, 1, rid="h", size=900))})
+        self.assertContinuous(sent)
+        self.assertEqual(sent[0]["seq"], out.startSeq)
+        self.assertEqual(sent[0]["ts"], out.startTs)
+
+    def test_downAndUp(self):
+        """
+        A falling estimate sends the output down at the next keyframe of the
+        lower layer; it goes up again only after the estimate fits for
+        UP_DELAY; the stream stays continuous throughout.
+        """
+        clock = Clock()
+        pub = Publisher(clock)
+        pub.run(1)
+        out, sent = output()
+        pub.main.attach(out)
+        pub.frame()
+        pub.run(3)
+        self.assertEqual(out.sim.layer.rid, "h")
+        pub.respond = False
+        rates = [layer.rate for layer in pub.video.layers]
+        self.assertTrue(rates[0] < rates[1] < rates[2], rates)
+        # the estimate falls below the high layer's rate: down to m
+        pub.video.estimate(out, rates[1] * 1.2)
+        self.assertEqual(out.sim.target, 1)
+        pub.run(0.5)
+        self.assertEqual(out.sim.layer.rid, "h")  # still: no keyframe of m yet
+        before = len(sent)
+        pub.frame(keyframes=("m",))
+        self.assertEqual(out.sim.layer.rid, "m")
+        self.assertTrue(sent[before]["keyframe"])
+        self.assertEqual(pub.counters["simulcast_switches_down"], 1)
+        # the estimate rises: up only after UP_DELAY
+        pub.video.estimate(out, rates[2] * 2)
+        pub.run(simulcast.UP_DELAY - 1.5)
+        self.assertIsNone(out.sim.target)
+        pub.run(3)  # the ticks are a second apart
+        self.assertEqual(out.sim.target, 2)
+        pub.frame(keyframes=("h",))
+        pub.run(0.2)
+        self.assertEqual(out.sim.layer.rid, "h")
+        self.assertEqual(pub.counters["simulcast_switches_up"], 1)
+        self.assertContinuous(sent)
+
+    def test_quality(self):
+        """An output that asked for "low" never gets more than the low layer."""
+        clock = Clock()
+        pub = Publisher(clock)
+        pub.run(1)
+        out, sent = output(quality=0)
+        pub.main.attach(out)
+        pub.video.estimate(out, 10_000_000)
+        pub.frame(keyframes=("l", "m", "h"))
+        pub.run(10)
+        self.assertEqual(out.sim.layer.rid, "l")
+        self.assertEqual({p["size"] for p in sent[1:]}, {sent[1]["size"]})
+        self.assertLess(sent[1]["size"], 200)
+        self.assertContinuous(sent)
+
+    def test_stoppedLayer(self):
+        """A layer the publisher stops sending is left for the best live one."""
+        clock = Clock()
+        pub = Publisher(clock)
+        pub.run(1)
+        out, sent = output()
+        pub.main.attach(out)
+        pub.frame()
+        pub.run(2)
+        pub.run(2, rids=("l", "m"))  # h stopped (the publisher's uplink is short)
+        self.assertEqual(out.sim.target, 1)
+        pub.frame(keyframes=("m",), rids=("l", "m"))
+        self.assertEqual(out.sim.layer.rid, "m")
+        self.assertContinuous(sent, maxGap=2.1)  # the time h was silent
+
+    def test_lossGoesDown(self):
+        """A receiver report with much loss sends the output one layer down."""
+        clock = Clock()
+        pub = Publisher(clock)
+        pub.run(1)
+        out, sent = output()
+        pub.main.attach(out)
+        pub.frame()
+        pub.run(2)
+        pub.video.loss(out, 0.02)
+        self.assertIsNone(out.sim.target)
+        pub.video.loss(out, 0.2)
+        self.assertEqual(out.sim.target, 1)
+
+    def test_nackBeforeSwitch(self):
+        """NACKs for numbers sent from the former layer are not answered from the new one."""
+        clock = Clock()
+        pub = Publisher(clock)
+        pub.run(1)
+        out, sent = output()
+        pub.main.attach(out)
+        pub.frame()
+        pub.run(2.5)
+        pub.respond = False
+        pub.video.estimate(out, 1)
+        pub.frame(keyframes=("l",))
+        pub.run(0.2)
+        self.assertEqual(out.sim.layer.rid, "l")
+        first = out.sim.floorSeq
+        before = len(sent)
+        self.assertEqual(pub.main.retransmit(out, [(first - 3) & 0xFFFF, (first - 1) & 0xFFFF]), 0)
+        self.assertEqual(pub.main.retransmit(out, [first, (first + 1) & 0xFFFF]), 2)
+        self.assertEqual([p["seq"] for p in sent[before:]], [first, (first + 1) & 0xFFFF])
+
+    def test_detach(self):
+        """A detached output gets nothing more, pending or not."""
+        clock = Clock()
+        pub = Publisher(clock)
+        pub.run(1)
+        out, sent = output()
+        pub.main.attach(out)
+        pub.frame()
+        pub.main.detach(out)
+        count = len(sent)
+        pub.frame(keyframes=("l", "m", "h"))
+        self.assertEqual(len(sent), count)
+        self.assertEqual([layer.outputs + layer.pending for layer in pub.video.layers], [[], [], []])
+
+    def test_releaseKeepsNumbering(self):
+        """Layers replaced (the publisher renegotiated): the output goes on where it stopped."""
+        clock = Clock()
+        pub = Publisher(clock)
+        pub.run(1)
+        out, sent = output()
+        pub.main.attach(out)
+        pub.frame()
+        pub.run(1)
+        second = Publisher(clock)
+        second.video.main = pub.main
+        second.run(1)
+        pub.main.useLayers(second.video)
+        second.run(1.5)
+        self.assertEqual(out.sim.layer, second.video.layers[2])
+        self.assertContinuous(sent)
+
+
+class SelectorTests(TestCase):
+    """L{Selector.choose}: down at once, up slowly, probing with back-off."""
+
+    def test_upSlowly(self):
+        sel = Selector(2)
+        rates = [100_000, 400_000, 1_200_000]
+        live = [True, True, True]
+        sel.since = -10
+        self.assertEqual(sel.choose(0, rates, live), 2)  # no estimate yet
+        sel.layer = type("L", (), {"index": 2})()
+        sel.estimate = 500_000
+        self.assertEqual(sel.choose(0.1, rates, live), 1)  # down at once
+        sel.layer.index = 1
+        sel.estimate = 2_000_000
+        self.assertEqual(sel.choose(1, rates, live), 1)
+        self.assertEqual(sel.choose(1 + simulcast.UP_DELAY - 0.1, rates, live), 1)
+        self.assertEqual(sel.choose(1 + simulcast.UP_DELAY, rates, live), 2)
+
+    def test_probeBackOff(self):
+        """An estimate held down by what is sent tries one layer up; a failed try waits twice as long."""
+        sel = Selector(2)
+        sel.since = -10
+        rates = [100_000, 400_000, 1_200_000]
+        live = [True] * 3
+        sel.layer = type("L", (), {"index": 0})()
+        sel.estimate = 150_000  # 1.5x what it gets: held down, but m does not fit
+        self.assertEqual(sel.choose(0, rates, live), 0)
+        self.assertEqual(sel.choose(simulcast.PROBE_DELAY, rates, live), 1)
+        sel.wentUp(simulcast.PROBE_DELAY)
+        sel.wentDown(simulcast.PROBE_DELAY + 2)
+        self.assertEqual(sel.probeDelay, 2 * simulcast.PROBE_DELAY)
+        sel.layer.index = 0
+        t = simulcast.PROBE_DELAY + 3
+        self.assertEqual(sel.choose(t, rates, live), 0)
+        self.assertEqual(sel.choose(t + simulcast.PROBE_DELAY, rates, live), 0)
+        self.assertEqual(sel.choose(t + 2 * simulcast.PROBE_DELAY, rates, live), 1)
+
+    def test_grace(self):
+        """A new subscriber's first, low estimates do not pull it down."""
+        sel = Selector(2)
+        rates = [100_000, 400_000, 1_200_000]
+        sel.estimate = 200_000
+        self.assertEqual(sel.choose(0, rates, [True] * 3), 2)
+        sel.layer = type("L", (), {"index": 2})()
+        self.assertEqual(sel.choose(simulcast.ESTIMATE_GRACE - 0.1, rates, [True] * 3), 2)
+        self.assertEqual(sel.choose(simulcast.ESTIMATE_GRACE, rates, [True] * 3), 0)
+
+    def test_nothingLive(self):
+        sel = Selector(1)
+        self.assertIsNone(sel.choose(0, [0, 0, 0], [False] * 3))
+        self.assertEqual(sel.choose(0, [0, 0, 0], [False, False, True]), 2)
