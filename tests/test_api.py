@@ -586,6 +586,25 @@ class MediaRequestValidationTests(APITestCase):
             self.assertEqual(r["status"], 400, members)
 
     @asyncTest
+    async def test_mediaRequestQuality(self):
+        """
+        quality (protocol.md 4.11) is "low", "medium", "high" or absent/null;
+        anything else is 400 for the whole request, and nothing is sent.
+        """
+        s = await self.server()
+        a, _ = await self.createJoin(s.url)
+        b, rb = await self.join(s.url)
+        for quality in ("ultra", 2, "", "LOW", ["low"], True):
+            r = await a.request("MEDIA_request", members=[
+                {"memberID": rb["memberID"], "audio": True, "video": True, "quality": quality}])
+            self.assertEqual(r["status"], 400, quality)
+        for quality in ("low", "medium", "high", None):
+            r = await a.request("MEDIA_request", members=[
+                {"memberID": rb["memberID"], "audio": True, "video": True, "quality": quality}])
+            self.assertEqual(r["status"], 200, quality)
+        self.assertEqual([m for m in await a.quiet() if m["messageType"] == "SDP_request"], [])
+
+    @asyncTest
     async def test_mediaShareBadBitrate400(self):
         """maxVideoBitrate out of range: 400."""
         s = await self.server()

@@ -60,7 +60,7 @@ from ahoyconference.media.peers import (
 )
 from ahoyconference.media.repair import LossRepair
 from ahoyconference.media.rtcp import RtcpPolicy
-from ahoyconference.media.simulcast import QUALITIES, Selector
+from ahoyconference.media.simulcast import LOWER_LAYERS_KBPS, QUALITIES, Selector
 from ahoyconference.media.streams import MediaStreams
 
 _log = logger(__name__)
@@ -255,9 +255,11 @@ class AiortcMediaEngine:
             self._connections.close(conn)
             raise ProtocolError(409, detail="publish superseded")
         if "video" in kinds:
-            offer = _sdp.addBandwidth(offer, "video", pub.cap)
             if self.simulcast:
-                offer = _sdp.addSimulcast(offer)
+                offer = _sdp.addBandwidth(_sdp.addSimulcast(offer), "video",
+                                          pub.cap + LOWER_LAYERS_KBPS)
+            else:
+                offer = _sdp.addBandwidth(offer, "video", pub.cap)
         offer = _sdp.advertiseAddress(offer, self._iceSettings.public_address)
         conn.offerSdp = offer
         _log.debug("publish offer for {member_id} ({size} bytes of SDP)",

@@ -42,6 +42,7 @@ from aiortc.rtp import (
 from ahoyconference.media import hooks
 from ahoyconference.media.peers import Publisher, PublisherConnection, Subscription
 from ahoyconference.media.repair import packNack
+from ahoyconference.media.simulcast import LOWER_LAYERS_KBPS
 
 REMB_FRESH = 5.0
 """Seconds a subscriber's REMB counts for the publisher's bitrate."""
@@ -203,8 +204,8 @@ class RtcpPolicy:
         video = self._streams.get((publisherID, "video"))
         if video is not None and video.layers is not None:
             # simulcast: each subscriber gets the layer it can take; the
-            # publisher sends every layer it can within its cap
-            return cap
+            # cap bounds the top layer, the lower ones may add their share
+            return cap + LOWER_LAYERS_KBPS * 1000
         now = self._now()
         estimates = sorted(sub.remb for sub in self._subscriptionsOf(publisherID)
                            if sub.remb is not None and "video" in sub.outs

@@ -57,6 +57,12 @@ LOSS_DOWN = 0.1
 LIVE = 1.5
 """Seconds without a packet after which a layer is taken as stopped (the
 publisher's encoder drops top layers when its own uplink is short)."""
+LOWER_LAYERS_KBPS = 650
+"""kbit/s a simulcast publisher may send beyond its cap, for its lower
+layers (our browser client's ¼ and ½ resolution layers take at most 150 and
+500): the cap (protocol.md 4.5) bounds each stream a subscriber receives,
+so the top layer may have all of it.  In the publish offer's C{b=AS} and
+in the publisher's REMB."""
 ESTIMATE_GRACE = 2.0
 """Seconds after a subscriber joins during which its estimate (still
 ramping up from the receiver's start value) does not lower its layer."""

@@ -8,7 +8,7 @@
  */
 import {addMember} from "./conference.js";
 import {describeError, request, sendRaw} from "./protocol.js";
-import {GATHER_TIMEOUT_MS, LOOPBACK_ONLY, LOW_RES, MAX_MEDIA_RETRIES, MEDIA_RETRY_DELAY_MS, SUBSCRIBE_DEBOUNCE_MS, logEvent, rt, state} from "./state.js";
+import {GATHER_TIMEOUT_MS, LAYERS, LOOPBACK_ONLY, LOW_RES, MAX_MEDIA_RETRIES, MEDIA_RETRY_DELAY_MS, QUALITY, SMALL_TILES_FROM, SUBSCRIBE_DEBOUNCE_MS, logEvent, rt, state} from "./state.js";
 import {attachRemoteStream, renderLocalPreview, renderTile, tileFor} from "./tiles.js";
 import {renderControls, showNotice} from "./ui.js";
 
@@ -129,11 +129,43 @@ export function attachLocalTracks(pc) {
       tr.direction = "sendonly";
       jobs.push(tr.sender.replaceTrack(track));
       if (tr.sender.setStreams) tr.sender.setStreams(rt.localStream);
+      if (kind === "video") jobs.push(configureLayers(tr.sender));
     } else {
       tr.direction = "inactive";
     }
   });
   return Promise.all(jobs);
+}
+
+// When the server's offer asked for simulcast (docs/architecture.md), the
+// browser made one encoding per rid, lowest first: give each its size and
+// bitrate (LAYERS).  Without simulcast there is one encoding: left alone.
+export function configureLayers(sender) {
+  var params = sender.getParameters();
+  var encodings = params.encodings || [];
+  if (encodings.length < 2) return Promise.resolve();
+  var top = encodings.length - 1;
+  encodings.forEach(function (enc, i) {
+    var layer = LAYERS[Math.max(0, LAYERS.length - 1 - (top - i))];
+    enc.scaleResolutionDownBy = layer.scaleResolutionDownBy;
+    if (layer.maxBitrate) enc.maxBitrate = layer.maxBitrate;
+    enc.active = true;
+  });
+  state.simulcastLayers = encodings.map(function (e) { return e.rid; });
+  return sender.setParameters(params).catch(function (e) {
+    logEvent("simulcast layers not configured: " + e.message);
+  });
+}
+
+// The quality to ask for a member's video in (protocol.md 4.11): "low" when
+// tiles are small (many members with video), else "high"; ?quality= forces one.
+export function qualityFor(member) {
+  if (QUALITY) return QUALITY;
+  var videos = Object.keys(state.members).filter(function (id) {
+    var m = state.members[id];
+    return m.video && m.video.available;
+  }).length;
+  return videos >= SMALL_TILES_FROM ? "low" : "high";
 }
 
 export function liveTracks(kind) {
@@ -246,7 +278,9 @@ export function subscribeNow(member) {
   if (!want.audio && !want.video) {
     closeSubscription(member);
   }
-  request("MEDIA_request", {members: [{memberID: member.memberID, audio: want.audio, video: want.video}]})
+  var entry = {memberID: member.memberID, audio: want.audio, video: want.video};
+  if (want.video) entry.quality = qualityFor(member);
+  request("MEDIA_request", {members: [entry]})
     .catch(function (e) {
       logEvent("MEDIA_request for " + member.memberID + " failed: " + e.message);
       if (state.members[member.memberID] === member) member.subscribed = {audio: false, video: false};

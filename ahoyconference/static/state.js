@@ -8,12 +8,23 @@
  *                    127.0.0.1 from our answers (media stays on loopback), and
  *                    install the test hook (testhook.js)
  *   lowres=1         capture 320x180 at 15 fps (tests on small machines)
+ *   quality=Q        ask for every member's video in quality Q (low, medium,
+ *                    high; protocol.md 4.11) instead of choosing by tile size
  */
 export var params = new URLSearchParams(window.location.search);
 export var LOOPBACK_ONLY = params.get("loopbackOnly") === "1";
 // tests only: window.ahoy (testhook.js), also where candidates are not on loopback
 export var TEST_HOOK = LOOPBACK_ONLY || params.get("testhook") === "1";
 export var LOW_RES = params.get("lowres") === "1";
+export var QUALITY = ["low", "medium", "high"].indexOf(params.get("quality")) >= 0 ? params.get("quality") : null;
+// Simulcast layers we send when the server's offer asks for them (its rids,
+// lowest first): how much smaller than the camera, and at most how many bit/s
+// (the highest layer is bounded by the share's maxVideoBitrate instead).
+export var LAYERS = [{scaleResolutionDownBy: 4, maxBitrate: 150000},
+                     {scaleResolutionDownBy: 2, maxBitrate: 500000},
+                     {scaleResolutionDownBy: 1}];
+// From this many other members with video on, their tiles are small: ask for "low".
+export var SMALL_TILES_FROM = 5;
 export var REQUEST_TIMEOUT_MS = 20000;
 export var GATHER_TIMEOUT_MS = 10000;
 export var BACKOFF_MS = [1000, 2000, 4000, 8000, 15000, 30000];
