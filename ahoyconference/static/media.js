@@ -210,10 +210,14 @@ export function releaseMedia(keep) {
 // Share (or stop sharing) microphone and camera: MEDIA_SHARE_request.  What
 // is shared changes with the 200 response, which comes before the server's
 // MEDIA_RECEIVE_request (whose answer attaches the shared tracks).
-export function setSharing(audio, video) {
+// maxVideoBitrate (kbit/s, optional): the cap to ask for (the server's
+// default is 500; simulcast's top layer needs more for its full size).
+export function setSharing(audio, video, maxVideoBitrate) {
   if (!state.me || !state.me.speaker) return Promise.reject(new Error("listeners cannot share media"));
   return acquireMedia(audio, video).then(function () {
-    return request("MEDIA_SHARE_request", {audio: audio, video: video});
+    var params = {audio: audio, video: video};
+    if (maxVideoBitrate) params.maxVideoBitrate = maxVideoBitrate;
+    return request("MEDIA_SHARE_request", params);
   }).then(function (resp) {
     state.sharing = {audio: audio, video: video};
     if (!audio) state.selfMuted = false;

@@ -34,6 +34,8 @@ export function mediaStats() {
       framesDecoded: 0, audioBytes: 0, audioSamples: 0, audioLevel: 0,
       // video receive quality (loss tests): freezes, loss left after repair, feedback sent
       freezeCount: 0, totalFreezesDuration: 0, packetsLost: 0, nackCount: 0, pliCount: 0,
+      // the size of the frames decoded last (simulcast: which layer arrives)
+      frameWidth: 0, frameHeight: 0, framesPerSecond: 0, videoBytes: 0,
       connectionState: m.sub.pc ? m.sub.pc.connectionState : "none",
       serial: m.sub.serial || 0,    // which subscription (a new one per SDP_request)
       kinds: [],                    // what the current subscription receives
@@ -54,6 +56,10 @@ export function mediaStats() {
           out.packetsLost += s.packetsLost || 0;
           out.nackCount += s.nackCount || 0;
           out.pliCount += s.pliCount || 0;
+          out.frameWidth = Math.max(out.frameWidth, s.frameWidth || 0);
+          out.frameHeight = Math.max(out.frameHeight, s.frameHeight || 0);
+          out.framesPerSecond += s.framesPerSecond || 0;
+          out.videoBytes += s.bytesReceived || 0;
         }
         if (s.kind === "audio") {
           out.audioBytes += s.bytesReceived || 0;
@@ -67,9 +73,10 @@ export function mediaStats() {
 }
 
 export function publishStats() {
-  if (!rt.publisher.pc) return Promise.resolve({connectionState: "none", framesEncoded: 0, audioBytes: 0, videoBytes: 0});
+  if (!rt.publisher.pc) return Promise.resolve({connectionState: "none", framesEncoded: 0, audioBytes: 0, videoBytes: 0, layers: {}});
   var out = {connectionState: rt.publisher.pc.connectionState, framesEncoded: 0, audioBytes: 0,
-             videoBytes: 0, frameWidth: 0, timestamp: 0};
+             videoBytes: 0, frameWidth: 0, timestamp: 0,
+             layers: {}};   // simulcast: rid -> {frameWidth, framesEncoded, bytesSent}
   return rt.publisher.pc.getStats().then(function (report) {
     report.forEach(function (s) {
       if (s.type !== "outbound-rtp") return;
@@ -81,6 +88,9 @@ export function publishStats() {
         out.retransmittedPacketsSent = (out.retransmittedPacketsSent || 0) +
           (s.retransmittedPacketsSent || 0);
         out.timestamp = s.timestamp;
+        out.layers[s.rid || ""] = {frameWidth: s.frameWidth || 0, frameHeight: s.frameHeight || 0,
+                                   framesEncoded: s.framesEncoded || 0, bytesSent: s.bytesSent || 0,
+                                   limitation: s.qualityLimitationReason || ""};
       }
       if (s.kind === "audio") out.audioBytes += s.bytesSent || 0;
     });
