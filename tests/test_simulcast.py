@@ -230,6 +230,8 @@ class SwitchTests(TestCase):
         rates = [layer.rate for layer in pub.video.layers]
         self.assertTrue(rates[0] < rates[1] < rates[2], rates)
         # the estimate falls below the high layer's rate: down to m
+        pub.video.estimate(out, rates[2] * 2)
+        self.assertIsNone(out.sim.target)
         pub.video.estimate(out, rates[1] * 1.2)
         self.assertEqual(out.sim.target, 1)
         pub.run(0.5)
@@ -305,6 +307,7 @@ class SwitchTests(TestCase):
         pub.frame()
         pub.run(2.5)
         pub.respond = False
+        pub.video.estimate(out, 10_000_000)
         pub.video.estimate(out, 1)
         pub.frame(keyframes=("l",))
         pub.run(0.2)
@@ -357,10 +360,12 @@ class SelectorTests(TestCase):
         sel.since = -10
         self.assertEqual(sel.choose(0, rates, live), 2)  # no estimate yet
         sel.layer = type("L", (), {"index": 2})()
-        sel.estimate = 500_000
-        self.assertEqual(sel.choose(0.1, rates, live), 1)  # down at once
+        sel.setEstimate(1_500_000)
+        sel.setEstimate(500_000)
+        self.assertEqual(sel.choose(0.1, rates, live), 1)  # falling: down at once
         sel.layer.index = 1
-        sel.estimate = 2_000_000
+        sel.wentDown(0.1)
+        sel.setEstimate(2_000_000)
         self.assertEqual(sel.choose(1, rates, live), 1)
         self.assertEqual(sel.choose(1 + simulcast.UP_DELAY - 0.1, rates, live), 1)
         self.assertEqual(sel.choose(1 + simulcast.UP_DELAY, rates, live), 2)
@@ -372,7 +377,7 @@ class SelectorTests(TestCase):
         rates = [100_000, 400_000, 1_200_000]
         live = [True] * 3
         sel.layer = type("L", (), {"index": 0})()
-        sel.estimate = 150_000  # 1.5x what it gets: held down, but m does not fit
+        sel.setEstimate(150_000)  # 1.5x what it gets: held down, but m does not fit
         self.assertEqual(sel.choose(0, rates, live), 0)
         self.assertEqual(sel.choose(simulcast.PROBE_DELAY, rates, live), 1)
         sel.wentUp(simulcast.PROBE_DELAY)
@@ -385,14 +390,31 @@ class SelectorTests(TestCase):
         self.assertEqual(sel.choose(t + 2 * simulcast.PROBE_DELAY, rates, live), 1)
 
     def test_grace(self):
-        """A new subscriber's first, low estimates do not pull it down."""
+        """A new subscriber's first estimates do not pull it down, even falling ones."""
         sel = Selector(2)
         rates = [100_000, 400_000, 1_200_000]
-        sel.estimate = 200_000
+        sel.setEstimate(1_000_000)
+        sel.setEstimate(200_000)
         self.assertEqual(sel.choose(0, rates, [True] * 3), 2)
         sel.layer = type("L", (), {"index": 2})()
         self.assertEqual(sel.choose(simulcast.ESTIMATE_GRACE - 0.1, rates, [True] * 3), 2)
         self.assertEqual(sel.choose(simulcast.ESTIMATE_GRACE, rates, [True] * 3), 0)
+
+    def test_risingEstimateKeepsLayer(self):
+        """
+        An estimate below the layer's rate but rising (a receiver's
+        estimate climbs from a low start) is no reason to go down; once it
+        falls, it is.
+        """
+        sel = Selector(2)
+        rates = [100_000, 400_000, 1_200_000]
+        sel.layer = type("L", (), {"index": 2})()
+        sel.since = -10
+        for estimate in (100_000, 300_000, 600_000, 900_000):
+            sel.setEstimate(estimate)
+            self.assertEqual(sel.choose(1, rates, [True] * 3), 2)
+        sel.setEstimate(700_000)
+        self.assertEqual(sel.choose(2, rates, [True] * 3), 1)
 
     def test_nothingLive(self):
         sel = Selector(1)

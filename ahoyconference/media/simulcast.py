@@ -52,6 +52,12 @@ HEADROOM = 1.15
 UNCONSTRAINED = 1.3
 """An estimate this many times the current layer's bitrate is not held
 down by the link: receivers' estimates grow only so far above what they get."""
+FALLING = 0.85
+"""An estimate below this share of its peak since the last switch is
+falling (the link is congested): only then does a lower estimate send a
+subscriber down.  A receiver's estimate starts low and climbs (to at most
+about 1.5 times what it receives): a low but rising one is no reason to
+leave a layer."""
 LOSS_DOWN = 0.1
 """A receiver report with this fraction lost sends the subscriber down a layer."""
 LIVE = 1.5
@@ -207,6 +213,7 @@ class Selector:
         self.target: int | None = None
         self.quality = quality
         self.estimate: float | None = None
+        self.peak = 0.0
         self.picDelta = 0
         self.tl0Delta = 0
         self.lastPic: int | None = None
@@ -232,7 +239,8 @@ class Selector:
         The layer it should have now, given each layer's measured bitrate
         and liveness: the highest live one up to L{quality} that fits the
         estimate (with L{HEADROOM}), else the lowest live one.  Going down
-        is at once; going up only after the better layer kept fitting for
+        is at once once the estimate falls (L{FALLING}; or the layer
+        stopped, or loss: L{SimulcastVideo.loss}); going up only after the better layer kept fitting for
         L{UP_DELAY} seconds, or (when the estimate is held down by what it
         gets, L{UNCONSTRAINED}) one layer up after L{probeDelay}.
 
@@ -253,9 +261,12 @@ class Selector:
         else:
             fits = [i for i in candidates if rates[i] * HEADROOM <= self.estimate]
             best = fits[-1] if fits else candidates[0]
-        if current is None or current not in candidates or best < current:
+        falling = self.estimate is not None and self.estimate < FALLING * self.peak
+        if current is None or current not in candidates or (best < current and falling):
             self.betterSince = None
             return best
+        if best < current:
+            return current
         if best == current:
             above = [i for i in candidates if i > current]
             if (above and self.estimate is not None and rates[current] > 0
@@ -276,14 +287,21 @@ class Selector:
             return best
         return current
 
+    def setEstimate(self, bitrate: float) -> None:
+        """A new bandwidth estimate (bit/s)."""
+        self.estimate = float(bitrate)
+        self.peak = max(self.peak, self.estimate)
+
     def wentUp(self, now: float) -> None:
         """It switched up: remember when, to tell a failed try."""
+        self.peak = self.estimate or 0.0
         self.lastUp = now
         self.switches["up"] += 1
 
     def wentDown(self, now: float) -> None:
         """It switched down: a try up that failed soon makes the next one wait longer."""
         self.switches["down"] += 1
+        self.peak = self.estimate or 0.0
         if now - self.lastUp <= PROBE_FAILED:
             self.probeDelay = min(PROBE_MAX, self.probeDelay * 2)
         self.betterSince = None
@@ -574,7 +592,7 @@ class SimulcastVideo:
         if out.sim is None:
             return
         previous = out.sim.estimate
-        out.sim.estimate = float(bitrate)
+        out.sim.setEstimate(bitrate)
         if previous is None or bitrate < previous:
             self.reconsider(out)
 
@@ -589,8 +607,7 @@ class SimulcastVideo:
         lower = [i for i in live if index is not None and i < index]
         if lower:
             self._switchTo(out, lower[-1], now)
-            if sel.estimate is not None:
-                sel.estimate = min(sel.estimate, self.layers[lower[-1]].rate * HEADROOM)
+            sel.betterSince = None
 
     def tick(self) -> None:
         """Every report interval: measure the layers, reconsider every output."""

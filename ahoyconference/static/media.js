@@ -129,7 +129,7 @@ export function attachLocalTracks(pc) {
       tr.direction = "sendonly";
       jobs.push(tr.sender.replaceTrack(track));
       if (tr.sender.setStreams) tr.sender.setStreams(rt.localStream);
-      if (kind === "video") jobs.push(configureLayers(tr.sender));
+      if (kind === "video") jobs.push(configureLayers(tr.sender, track));
     } else {
       tr.direction = "inactive";
     }
@@ -140,15 +140,26 @@ export function attachLocalTracks(pc) {
 // When the server's offer asked for simulcast (docs/architecture.md), the
 // browser made one encoding per rid, lowest first: give each its size and
 // bitrate (LAYERS).  Without simulcast there is one encoding: left alone.
-export function configureLayers(sender) {
+// A small camera picture gets fewer layers (Chromium itself sends only the
+// lowest one or two below 960 and 480 pixels wide): the lowest active
+// encoding is the smallest layer that is still useful, the highest is the
+// full picture.
+export function configureLayers(sender, track) {
   var params = sender.getParameters();
   var encodings = params.encodings || [];
   if (encodings.length < 2) return Promise.resolve();
-  var top = encodings.length - 1;
+  var width = track && track.getSettings ? (track.getSettings().width || 0) : 0;
+  var count = width >= 960 ? 3 : (width >= 480 ? 2 : 1);
+  count = Math.min(count, encodings.length, LAYERS.length);
   encodings.forEach(function (enc, i) {
-    var layer = LAYERS[Math.max(0, LAYERS.length - 1 - (top - i))];
+    if (i >= count) {
+      enc.active = false;
+      return;
+    }
+    var layer = LAYERS[LAYERS.length - count + i];
     enc.scaleResolutionDownBy = layer.scaleResolutionDownBy;
-    if (layer.maxBitrate) enc.maxBitrate = layer.maxBitrate;
+    if (layer.maxBitrate && i < count - 1) enc.maxBitrate = layer.maxBitrate;
+    else delete enc.maxBitrate;
     enc.active = true;
   });
   state.simulcastLayers = encodings.map(function (e) { return e.rid; });
