@@ -420,3 +420,54 @@ class SelectorTests(TestCase):
         sel = Selector(1)
         self.assertIsNone(sel.choose(0, [0, 0, 0], [False] * 3))
         self.assertEqual(sel.choose(0, [0, 0, 0], [False, False, True]), 2)
+
+
+class H264Tests(TestCase):
+    """H.264 layers switch at IDR pictures and are forwarded as they are."""
+
+    def test_h264Keyframe(self):
+        self.assertTrue(simulcast.h264Keyframe(bytes([0x65, 1]), 0))          # IDR slice
+        self.assertTrue(simulcast.h264Keyframe(bytes([0x67, 1]), 0))          # SPS
+        self.assertTrue(simulcast.h264Keyframe(bytes([0x78, 0, 5, 0x67]), 0))  # STAP-A, SPS first
+        self.assertTrue(simulcast.h264Keyframe(bytes([0x7C, 0x85]), 0))       # FU-A start of IDR
+        self.assertFalse(simulcast.h264Keyframe(bytes([0x7C, 0x05]), 0))      # FU-A, not the start
+        self.assertFalse(simulcast.h264Keyframe(bytes([0x41, 1]), 0))         # non-IDR slice
+        self.assertFalse(simulcast.h264Keyframe(bytes([0x78, 0]), 0))
+        self.assertFalse(simulcast.h264Keyframe(b"", 0))
+
+    def test_switchAtIdr(self):
+        """A VP8-looking payload of an H.264 layer is not rewritten; the switch waits for an IDR."""
+        clock = Clock()
+        h264 = ("video/h264", 90000, "1", "42e01f")
+        main = InStream("pub", "video", clock.seconds)
+        requested = []
+
+        def makeLayer(owner, index, rid):
+            layer = LayerStream(owner, index, rid, "pub", "video", clock.seconds)
+            layer.configure({102: h264}, {102: 90000}, MID_ID, 0)
+            return layer
+
+        video = SimulcastVideo(main, ["l", "h"], RID_ID, RRID_ID, makeLayer, clock.seconds,
+                               requested.append, lambda reason: None)
+        main.useLayers(video)
+
+        def packet(rid, seq, nal):
+            header = struct.pack("!BBHII", 0x90, 102, seq, seq * 3000, SSRCS[rid])
+            return header + extensions((MID_ID, b"1"), (RID_ID, rid.encode())) + bytes([nal]) + b"\x90" * 20
+
+        for seq in range(1, 31):
+            video.packet(packet("l", seq, 0x41))
+            video.packet(packet("h", seq, 0x41))
+            clock.advance(1 / 30)
+        sent = []
+        out = OutStream("video", 7, {h264: 126}, {}, None, ord("9"), lambda d: d,
+                        lambda d, addr: sent.append(d), None)
+        out.sim = Selector(1)
+        main.attach(out)
+        video.packet(packet("h", 31, 0x41))
+        self.assertEqual(sent, [])
+        video.packet(packet("h", 32, 0x65))
+        video.packet(packet("h", 33, 0x41))
+        self.assertEqual(len(sent), 2)
+        self.assertEqual([d[-21:] for d in sent], [bytes([0x65]) + b"\x90" * 20,
+                                                   bytes([0x41]) + b"\x90" * 20])

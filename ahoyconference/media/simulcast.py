@@ -162,6 +162,24 @@ def vp8Fields(data, start: int) -> tuple[int, int, int, bool]:
     return picOffset, picBits, tl0Offset if tl0Offset < size else 0, keyframe
 
 
+def h264Keyframe(data, start: int) -> bool:
+    """
+    Does this H.264 packet (RFC 6184) start a keyframe: an IDR slice or an
+    SPS, alone, first in a STAP-A, or the start of a fragmented IDR?
+    """
+    if start >= len(data):
+        return False
+    nal = data[start] & 0x1F
+    if nal in (5, 7):
+        return True
+    if nal == 24:  # STAP-A: size (2 bytes), then the first NAL unit
+        return start + 3 < len(data) and (data[start + 3] & 0x1F) in (5, 7)
+    if nal == 28:  # FU-A: the start of a fragmented NAL unit
+        return start + 1 < len(data) and bool(data[start + 1] & 0x80) \
+            and (data[start + 1] & 0x1F) == 5
+    return False
+
+
 def payloadStart(data) -> int:
     """Where an RTP packet's payload starts (after CSRCs and the extension)."""
     b0 = data[0]
@@ -340,13 +358,22 @@ class LayerStream(InStream):
             ssrc = int.from_bytes(data[8:12], "big")
             if ssrc == self.ssrc and (data[1] & 0x7F) == self.pt:
                 start = payloadStart(data)
-                picOffset, picBits, tl0Offset, keyframe = vp8Fields(data, start)
-                if keyframe:
-                    self.owner.switchIn(self, data, picOffset, picBits, tl0Offset)
+                if self.key is not None and self.key[0] == "video/vp8":
+                    picOffset, picBits, tl0Offset, keyframe = vp8Fields(data, start)
+                    if keyframe:
+                        self.owner.switchIn(self, data, picOffset, picBits, tl0Offset)
+                elif h264Keyframe(data, start):
+                    self.owner.switchIn(self, data, 0, 0, 0)
         InStream.packet(self, data)
 
     def _fanout(self, data: bytes, b1: int, seq: int, ts: int, midOffset: int) -> None:
-        """As L{InStream._fanout}, with each output's picture ID and TL0PICIDX rewritten."""
+        """
+        As L{InStream._fanout}, with each output's VP8 picture ID and
+        TL0PICIDX rewritten (other codecs have none: as it is).
+        """
+        if self.key is None or self.key[0] != "video/vp8":
+            InStream._fanout(self, data, b1, seq, ts, midOffset)
+            return
         start = payloadStart(data)
         picOffset, picBits, tl0Offset, _ = vp8Fields(data, start)
         picMask = (1 << picBits) - 1 if picBits else 0
