@@ -152,8 +152,8 @@ class NetBedTests(TestCase):
         c.memberID = joined["memberID"]
         return c
 
-    async def page(self, role: str, label: str) -> BrowserPage:
-        """A Chromium page inside a member namespace, the client loaded."""
+    async def page(self, role: str, label: str, **query) -> BrowserPage:
+        """A Chromium page inside a member namespace, the client loaded (URL parameters: C{query})."""
         if self.playwright is None:
             from playwright.async_api import async_playwright
 
@@ -168,7 +168,7 @@ class NetBedTests(TestCase):
         context = await self.browsers[role].new_context(viewport={"width": 960, "height": 540})
         page = BrowserPage(self, label, context, await context.new_page())
         self.pages.append(page)
-        return await page.open(self.bed.http, loopbackOnly="0")
+        return await page.open(self.bed.http, loopbackOnly="0", **query)
 
     async def aiortcPeer(self, role: str, room: str, name: str, *args: str) -> PeerProcess:
         """An aiortc member (L{tests.peer_process}) inside a member namespace."""
@@ -444,6 +444,82 @@ class NetBedTests(TestCase):
         self.assertGreater(figures["recovered"], 0)
         self.assertGreater(figures["publisher_rtx_sent"], 0)
         self.assertGreater(figures["frames_decoded"], 50)
+
+    # -- simulcast: each subscriber the layer its link carries -------------
+
+    @asyncTest
+    async def test_simulcastLimitedLink(self):
+        """
+        Chromium at home B publishes three layers; Chromium at home A
+        watches through a cable that carries 300 kbit/s down, Chromium in
+        the office (through TURN) watches without a limit.  Home A gets the
+        low layer and decodes it at >= 25 frames/s without a freeze longer
+        than a second; the office gets the full size.  The limit is lifted:
+        home A climbs back to the full size within 15 s.
+        """
+        cable = self.bed.cables["homeA"]
+        self.addCleanup(cable.set, down={"rate": 0, "queue": 1_000_000})
+        await self.client("simulcast-room", "watcher")  # makes the room
+        publisher = await self.page("homeB", "publisher", lowres="0")
+        slow = await self.page("homeA", "slow")
+        fast = await self.page("office", "fast")
+        for page in (publisher, slow, fast):
+            await page.joinRoom("simulcast-room", page.label)
+        cable.set(down={"rate": 300_000, "queue": 40_000})  # a router's queue: about 1 s
+        await publisher.page.evaluate("window.ahoy.setSharing(false, true, 1500)")
+
+        async def topWidth() -> int:
+            sent = await publisher.page.evaluate("window.ahoy.publishStats()")
+            return max((layer["frameWidth"] for layer in sent["layers"].values()), default=0)
+
+        layers = await publisher.poll(
+            """() => window.ahoy.publishStats().then(s => Object.keys(s.layers).filter(
+                   r => s.layers[r].framesEncoded > 0).length >= 3 ? s.layers : null)""",
+            "sending three layers", timeout=MEDIA_WAIT)
+        lowWidth = min(layer["frameWidth"] for layer in layers.values())
+        await fast.assertVideoPlaying("publisher")
+        await slow.assertVideoPlaying("publisher")
+        full = await fast.poll(
+            """w => window.ahoy.mediaStats().then(all => all.find(s => s.name === 'publisher'
+                   && s.frameWidth >= w) || null)""",
+            "receiving the full size", timeout=MEDIA_WAIT, arg=await topWidth())
+        low = await slow.poll(
+            """w => window.ahoy.mediaStats().then(all => all.find(s => s.name === 'publisher'
+                   && s.frameWidth > 0 && s.frameWidth <= w) || null)""",
+            "receiving the low layer", timeout=MEDIA_WAIT, arg=lowWidth)
+        await asyncio.sleep(3)  # settled on it
+        first = await slow.mediaOf("publisher")
+        start = time.monotonic()
+        await asyncio.sleep(10)
+        last = await slow.mediaOf("publisher")
+        seconds = time.monotonic() - start
+        fps = (last["framesDecoded"] - first["framesDecoded"]) / seconds
+        freezes = last["totalFreezesDuration"] - first["totalFreezesDuration"]
+        figures = {"low_width": lowWidth, "full_width": full["frameWidth"],
+                   "slow_width": last["frameWidth"], "slow_fps": round(fps, 1),
+                   "slow_freezes": last["freezeCount"] - first["freezeCount"],
+                   "slow_freeze_seconds": round(freezes, 2),
+                   "cable_queue_drops": cable.stats()["down"]["queue_drops"]}
+        self.assertLessEqual(last["frameWidth"], lowWidth, figures)
+        self.assertEqual(last["serial"], low["serial"])
+        self.assertGreaterEqual(fps, 25, figures)
+        # no freeze longer than a second: their total is less
+        self.assertLess(freezes, 1.0, figures)
+        still = await fast.mediaOf("publisher")
+        self.assertGreaterEqual(still["frameWidth"], full["frameWidth"], figures)
+
+        cable.set(down={"rate": 0, "queue": 1_000_000})
+        lifted = time.monotonic()
+        await slow.poll(
+            """w => window.ahoy.mediaStats().then(all => all.some(s => s.name === 'publisher'
+                   && s.frameWidth >= w))""",
+            "back at the full size", timeout=30, arg=full["frameWidth"])
+        figures["climb_seconds"] = round(time.monotonic() - lifted, 1)
+        values = await asyncio.get_event_loop().run_in_executor(None, self.bed.metrics)
+        figures["switches"] = {k: v for k, v in values.items() if k.startswith("ahoy_simulcast")}
+        _figure("simulcast_limited_link", figures)
+        self.assertLessEqual(figures["climb_seconds"], 15, figures)
+        self.assertGreater(values.get('ahoy_simulcast_switches_total{direction="up"}', 0), 0)
 
     # -- the pulled cable ---------------------------------------------------
 

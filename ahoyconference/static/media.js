@@ -196,7 +196,7 @@ export function acquireMedia(audio, video) {
   var constraints = {
     audio: need.audio ? {echoCancellation: true, noiseSuppression: true} : false,
     video: need.video ? (LOW_RES ? {width: 320, height: 180, frameRate: 15}
-                                 : {width: {ideal: 1280}, height: {ideal: 720}}) : false,
+                                 : {width: {ideal: 1280}, height: {ideal: 720}, frameRate: {ideal: 30}}) : false,
   };
   return navigator.mediaDevices.getUserMedia(constraints).then(function (s) {
     s.getTracks().forEach(function (t) {
