@@ -453,14 +453,16 @@ class NetBedTests(TestCase):
         Chromium at home B publishes three layers; Chromium at home A
         watches through a cable that carries 300 kbit/s down, Chromium in
         the office (through TURN) watches without a limit.  Home A gets the
-        low layer and decodes it at >= 25 frames/s without a freeze longer
-        than a second; the office gets the full size.  The limit is lifted:
-        home A climbs back to the full size within 15 s.
+        low layer and decodes (nearly) every frame the publisher encodes
+        without a freeze longer than a second (the frame rate itself is the
+        machine's: figures in artifacts/netbed.json); the office gets the
+        full size.  The limit is lifted: home A climbs back to the full size
+        within 15 s.
         """
         cable = self.bed.cables["homeA"]
         self.addCleanup(cable.set, down={"rate": 0, "queue": 1_000_000})
         await self.client("simulcast-room", "watcher")  # makes the room
-        publisher = await self.page("homeB", "publisher", lowres="0")
+        publisher = await self.page("homeB", "publisher", lowres="0", camera="960x540")
         slow = await self.page("homeA", "slow")
         fast = await self.page("office", "fast")
         for page in (publisher, slow, fast):
@@ -488,21 +490,35 @@ class NetBedTests(TestCase):
                    && s.frameWidth > 0 && s.frameWidth <= w) || null)""",
             "receiving the low layer", timeout=MEDIA_WAIT, arg=lowWidth)
         await asyncio.sleep(3)  # settled on it
+        loop = asyncio.get_event_loop()
+        before = await loop.run_in_executor(None, self.bed.metrics)
         first = await slow.mediaOf("publisher")
+        encodedFirst = (await publisher.page.evaluate("window.ahoy.publishStats()"))["layers"]
         start = time.monotonic()
         await asyncio.sleep(10)
         last = await slow.mediaOf("publisher")
+        encodedLast = (await publisher.page.evaluate("window.ahoy.publishStats()"))["layers"]
+        after = await loop.run_in_executor(None, self.bed.metrics)
         seconds = time.monotonic() - start
         fps = (last["framesDecoded"] - first["framesDecoded"]) / seconds
         freezes = last["totalFreezesDuration"] - first["totalFreezesDuration"]
-        figures = {"low_width": lowWidth, "full_width": full["frameWidth"],
+        lowRid = min(encodedLast, key=lambda r: encodedLast[r]["frameWidth"])
+        encoded = encodedLast[lowRid]["framesEncoded"] - encodedFirst[lowRid]["framesEncoded"]
+        figures = {"low_width": lowWidth, "low_encoded_fps": round(encoded / seconds, 1),
+                   "full_width": full["frameWidth"],
                    "slow_width": last["frameWidth"], "slow_fps": round(fps, 1),
                    "slow_freezes": last["freezeCount"] - first["freezeCount"],
                    "slow_freeze_seconds": round(freezes, 2),
-                   "cable_queue_drops": cable.stats()["down"]["queue_drops"]}
+                   "cable_queue_drops": cable.stats()["down"]["queue_drops"],
+                   "switches_in_window": {k: after[k] - before.get(k, 0) for k in after
+                                          if k.startswith("ahoy_simulcast_switches")},
+                   "slow_bytes_per_second": round((last["videoBytes"] - first["videoBytes"])
+                                                  / seconds),
+                   "fast_fps": (await fast.mediaOf("publisher"))["framesPerSecond"],
+                   "published": encodedLast}
         self.assertLessEqual(last["frameWidth"], lowWidth, figures)
         self.assertEqual(last["serial"], low["serial"])
-        self.assertGreaterEqual(fps, 25, figures)
+        self.assertGreaterEqual(fps * seconds, 0.9 * encoded, figures)
         # no freeze longer than a second: their total is less
         self.assertLess(freezes, 1.0, figures)
         still = await fast.mediaOf("publisher")

@@ -388,6 +388,14 @@ class SelectorTests(TestCase):
         self.assertEqual(sel.choose(t, rates, live), 0)
         self.assertEqual(sel.choose(t + simulcast.PROBE_DELAY, rates, live), 0)
         self.assertEqual(sel.choose(t + 2 * simulcast.PROBE_DELAY, rates, live), 1)
+        # this time it holds: the next try waits the first delay again
+        sel.wentUp(t + 2 * simulcast.PROBE_DELAY)
+        sel.layer.index = 1
+        t += 2 * simulcast.PROBE_DELAY + simulcast.PROBE_FAILED + 0.1
+        sel.setEstimate(550_000)  # held down by m's rate
+        self.assertEqual(sel.choose(t, rates, live), 1)
+        self.assertEqual(sel.probeDelay, simulcast.PROBE_DELAY)
+        self.assertEqual(sel.choose(t + simulcast.PROBE_DELAY, rates, live), 2)
 
     def test_grace(self):
         """A new subscriber's first estimates do not pull it down, even falling ones."""
@@ -471,3 +479,30 @@ class H264Tests(TestCase):
         self.assertEqual(len(sent), 2)
         self.assertEqual([d[-21:] for d in sent], [bytes([0x65]) + b"\x90" * 20,
                                                    bytes([0x41]) + b"\x90" * 20])
+
+
+class ProbeTests(TestCase):
+    """A step up that the estimate does not cover yet is kept unless the estimate decreases."""
+
+    def test_keptWhileRising(self):
+        sel = Selector(2)
+        sel.since = -10
+        rates = [150_000, 450_000, 1_200_000]
+        sel.layer = type("L", (), {"index": 1})()
+        sel.setEstimate(230_000)
+        sel.wentUp(0)
+        for t, estimate in ((0.5, 240_000), (1.5, 260_000), (2.5, 280_000)):
+            sel.setEstimate(estimate)
+            self.assertEqual(sel.choose(t, rates, [True] * 3), 1)
+
+    def test_leftOnDecrease(self):
+        sel = Selector(2)
+        sel.since = -10
+        rates = [150_000, 450_000, 1_200_000]
+        sel.layer = type("L", (), {"index": 1})()
+        sel.setEstimate(230_000)
+        sel.wentUp(0)
+        sel.setEstimate(240_000)
+        self.assertEqual(sel.choose(0.5, rates, [True] * 3), 1)
+        sel.setEstimate(225_000)  # the receiver saw the delay grow
+        self.assertEqual(sel.choose(0.8, rates, [True] * 3), 0)

@@ -41,12 +41,20 @@ __all__ = ["QUALITIES", "LayerStream", "Selector", "SimulcastVideo", "switchOutp
 
 UP_DELAY = 4.0
 """Seconds a higher layer must keep fitting before a subscriber goes up."""
-PROBE_DELAY = 6.0
+PROBE_DELAY = 4.0
 """Seconds of an estimate held down by what we send (not by the link)
 before a subscriber tries the next layer up anyway; doubled after each
-try that had to come back down within L{PROBE_FAILED}, up to L{PROBE_MAX}."""
+try that had to come back down within L{PROBE_FAILED}, up to L{PROBE_MAX}
+(which bounds how long a subscriber whose link got better waits)."""
 PROBE_FAILED = 5.0
-PROBE_MAX = 60.0
+"""Seconds after going up within which any decrease of the estimate (the
+receiver saw the delay grow: the link cannot carry the layer) sends the
+subscriber back down at once: the try failed.  A receiver's estimate grows
+only a few per cent a second, so it says nothing else that soon."""
+DECREASE = 0.97
+"""An estimate below this share of the one before is a decrease (receivers
+send a new REMB at once when theirs falls by 3 % or more)."""
+PROBE_MAX = 8.0
 HEADROOM = 1.15
 """A layer fits an estimate this many times its measured bitrate."""
 UNCONSTRAINED = 1.3
@@ -232,6 +240,7 @@ class Selector:
         self.quality = quality
         self.estimate: float | None = None
         self.peak = 0.0
+        self.decreased = False
         self.picDelta = 0
         self.tl0Delta = 0
         self.lastPic: int | None = None
@@ -239,6 +248,7 @@ class Selector:
         self.betterSince: float | None = None
         self.probeDelay = PROBE_DELAY
         self.lastUp = -1e9
+        self.lastDown = -1e9
         self.since: float | None = None
         self.floorSeq: int | None = None
         self.nextSeq = 0
@@ -266,6 +276,8 @@ class Selector:
         """
         if self.since is None:
             self.since = now
+        if self.lastUp > self.lastDown and now - self.lastUp > PROBE_FAILED:
+            self.probeDelay = PROBE_DELAY  # the last step up held
         top = min(self.quality, len(rates) - 1)
         candidates = [i for i in range(top + 1) if live[i]]
         if not candidates:
@@ -279,7 +291,9 @@ class Selector:
         else:
             fits = [i for i in candidates if rates[i] * HEADROOM <= self.estimate]
             best = fits[-1] if fits else candidates[0]
-        falling = self.estimate is not None and self.estimate < FALLING * self.peak
+        falling = self.estimate is not None and (
+            self.estimate < FALLING * self.peak
+            or (self.decreased and now - self.lastUp <= PROBE_FAILED))
         if current is None or current not in candidates or (best < current and falling):
             self.betterSince = None
             return best
@@ -307,6 +321,7 @@ class Selector:
 
     def setEstimate(self, bitrate: float) -> None:
         """A new bandwidth estimate (bit/s)."""
+        self.decreased = self.estimate is not None and bitrate < DECREASE * self.estimate
         self.estimate = float(bitrate)
         self.peak = max(self.peak, self.estimate)
 
@@ -319,6 +334,7 @@ class Selector:
     def wentDown(self, now: float) -> None:
         """It switched down: a try up that failed soon makes the next one wait longer."""
         self.switches["down"] += 1
+        self.lastDown = now
         self.peak = self.estimate or 0.0
         if now - self.lastUp <= PROBE_FAILED:
             self.probeDelay = min(PROBE_MAX, self.probeDelay * 2)

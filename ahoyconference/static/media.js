@@ -8,7 +8,7 @@
  */
 import {addMember} from "./conference.js";
 import {describeError, request, sendRaw} from "./protocol.js";
-import {GATHER_TIMEOUT_MS, LAYERS, LOOPBACK_ONLY, LOW_RES, MAX_MEDIA_RETRIES, MEDIA_RETRY_DELAY_MS, QUALITY, SMALL_TILES_FROM, SUBSCRIBE_DEBOUNCE_MS, logEvent, rt, state} from "./state.js";
+import {CAMERA, GATHER_TIMEOUT_MS, LAYERS, LOOPBACK_ONLY, LOW_RES, MAX_MEDIA_RETRIES, MEDIA_RETRY_DELAY_MS, QUALITY, SMALL_TILES_FROM, SUBSCRIBE_DEBOUNCE_MS, logEvent, rt, state} from "./state.js";
 import {attachRemoteStream, renderLocalPreview, renderTile, tileFor} from "./tiles.js";
 import {renderControls, showNotice} from "./ui.js";
 
@@ -196,7 +196,7 @@ export function acquireMedia(audio, video) {
   var constraints = {
     audio: need.audio ? {echoCancellation: true, noiseSuppression: true} : false,
     video: need.video ? (LOW_RES ? {width: 320, height: 180, frameRate: 15}
-                                 : {width: {ideal: 1280}, height: {ideal: 720}, frameRate: {ideal: 30}}) : false,
+                                 : {width: {ideal: +CAMERA[1]}, height: {ideal: +CAMERA[2]}, frameRate: {ideal: 30}}) : false,
   };
   return navigator.mediaDevices.getUserMedia(constraints).then(function (s) {
     s.getTracks().forEach(function (t) {

@@ -8,6 +8,7 @@
  *                    127.0.0.1 from our answers (media stays on loopback), and
  *                    install the test hook (testhook.js)
  *   lowres=1         capture 320x180 at 15 fps (tests on small machines)
+ *   camera=WxH       capture this size (e.g. 960x540) instead of 1280x720
  *   quality=Q        ask for every member's video in quality Q (low, medium,
  *                    high; protocol.md 4.11) instead of choosing by tile size
  */
@@ -16,6 +17,7 @@ export var LOOPBACK_ONLY = params.get("loopbackOnly") === "1";
 // tests only: window.ahoy (testhook.js), also where candidates are not on loopback
 export var TEST_HOOK = LOOPBACK_ONLY || params.get("testhook") === "1";
 export var LOW_RES = params.get("lowres") === "1";
+export var CAMERA = /^(\d{2,4})x(\d{2,4})$/.exec(params.get("camera") || "1280x720") || [0, 1280, 720];
 export var QUALITY = ["low", "medium", "high"].indexOf(params.get("quality")) >= 0 ? params.get("quality") : null;
 // Simulcast layers we send when the server's offer asks for them (its rids,
 // lowest first): how much smaller than the camera, and at most how many bit/s

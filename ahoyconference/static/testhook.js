@@ -90,6 +90,7 @@ export function publishStats() {
         out.timestamp = s.timestamp;
         out.layers[s.rid || ""] = {frameWidth: s.frameWidth || 0, frameHeight: s.frameHeight || 0,
                                    framesEncoded: s.framesEncoded || 0, bytesSent: s.bytesSent || 0,
+                                   framesPerSecond: s.framesPerSecond || 0,
                                    limitation: s.qualityLimitationReason || ""};
       }
       if (s.kind === "audio") out.audioBytes += s.bytesSent || 0;
