@@ -388,14 +388,15 @@ class SelectorTests(TestCase):
         self.assertEqual(sel.choose(t, rates, live), 0)
         self.assertEqual(sel.choose(t + simulcast.PROBE_DELAY, rates, live), 0)
         self.assertEqual(sel.choose(t + 2 * simulcast.PROBE_DELAY, rates, live), 1)
-        # this time it holds: the next try waits the first delay again
-        sel.wentUp(t + 2 * simulcast.PROBE_DELAY)
+        # this time it holds (the estimate rises): the next step up comes
+        # once it held for PROBE_FAILED, and the back-off is forgotten
+        up = t + 2 * simulcast.PROBE_DELAY
+        sel.wentUp(up)
         sel.layer.index = 1
-        t += 2 * simulcast.PROBE_DELAY + simulcast.PROBE_FAILED + 0.1
-        sel.setEstimate(550_000)  # held down by m's rate
-        self.assertEqual(sel.choose(t, rates, live), 1)
+        sel.setEstimate(160_000)
+        self.assertEqual(sel.choose(up + simulcast.PROBE_FAILED - 0.1, rates, live), 1)
+        self.assertEqual(sel.choose(up + simulcast.PROBE_FAILED, rates, live), 2)
         self.assertEqual(sel.probeDelay, simulcast.PROBE_DELAY)
-        self.assertEqual(sel.choose(t + simulcast.PROBE_DELAY, rates, live), 2)
 
     def test_grace(self):
         """A new subscriber's first estimates do not pull it down, even falling ones."""

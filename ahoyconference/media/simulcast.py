@@ -46,7 +46,7 @@ PROBE_DELAY = 4.0
 before a subscriber tries the next layer up anyway; doubled after each
 try that had to come back down within L{PROBE_FAILED}, up to L{PROBE_MAX}
 (which bounds how long a subscriber whose link got better waits)."""
-PROBE_FAILED = 5.0
+PROBE_FAILED = 3.0
 """Seconds after going up within which any decrease of the estimate (the
 receiver saw the delay grow: the link cannot carry the layer) sends the
 subscriber back down at once: the try failed.  A receiver's estimate grows
@@ -249,6 +249,7 @@ class Selector:
         self.probeDelay = PROBE_DELAY
         self.lastUp = -1e9
         self.lastDown = -1e9
+        self.lastDecrease = -1e9
         self.since: float | None = None
         self.floorSeq: int | None = None
         self.nextSeq = 0
@@ -276,7 +277,10 @@ class Selector:
         """
         if self.since is None:
             self.since = now
-        if self.lastUp > self.lastDown and now - self.lastUp > PROBE_FAILED:
+        if self.decreased:
+            self.lastDecrease = now
+            self.decreased = False
+        if self.lastUp > self.lastDown and now - self.lastUp >= PROBE_FAILED:
             self.probeDelay = PROBE_DELAY  # the last step up held
         top = min(self.quality, len(rates) - 1)
         candidates = [i for i in range(top + 1) if live[i]]
@@ -293,14 +297,19 @@ class Selector:
             best = fits[-1] if fits else candidates[0]
         falling = self.estimate is not None and (
             self.estimate < FALLING * self.peak
-            or (self.decreased and now - self.lastUp <= PROBE_FAILED))
+            or (self.lastDecrease >= self.lastUp and now - self.lastUp <= PROBE_FAILED))
         if current is None or current not in candidates or (best < current and falling):
             self.betterSince = None
             return best
+        above = [i for i in candidates if i > current]
+        climbing = self.lastUp > max(self.lastDown, self.lastDecrease)
+        if best <= current and above and climbing and now - self.lastUp >= PROBE_FAILED:
+            # the last step up held (no decrease since): the next one
+            self.betterSince = None
+            return above[0]
         if best < current:
             return current
         if best == current:
-            above = [i for i in candidates if i > current]
             if (above and self.estimate is not None and rates[current] > 0
                     and self.estimate >= UNCONSTRAINED * rates[current]):
                 # the estimate is held down by what we send: try one up, now and then
