@@ -518,7 +518,10 @@ class NetBedTests(TestCase):
                    "published": encodedLast}
         self.assertLessEqual(last["frameWidth"], lowWidth, figures)
         self.assertEqual(last["serial"], low["serial"])
-        self.assertGreaterEqual(fps * seconds, 0.9 * encoded, figures)
+        # a try at the next layer up now and then (the only way to learn
+        # that a link got better from a receiver's REMB) costs a keyframe
+        # each way on the limited link: about a second of frames in ten
+        self.assertGreaterEqual(fps * seconds, 0.85 * encoded, figures)
         # no freeze longer than a second: their total is less
         self.assertLess(freezes, 1.0, figures)
         still = await fast.mediaOf("publisher")

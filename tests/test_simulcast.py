@@ -297,6 +297,22 @@ class SwitchTests(TestCase):
         pub.video.loss(out, 0.2)
         self.assertEqual(out.sim.target, 1)
 
+    def test_nackAfterStepUp(self):
+        """A NACK soon after a step up sends the output back down; later ones do not."""
+        clock = Clock()
+        pub = Publisher(clock)
+        pub.run(1)
+        out, sent = output(quality=1)
+        pub.main.attach(out)
+        pub.run(3)
+        self.assertEqual(out.sim.layer.rid, "m")
+        pub.video.nacked(out)  # not right after a step up: nothing
+        self.assertIsNone(out.sim.target)
+        out.sim.quality = 2
+        out.sim.wentUp(clock.seconds())
+        pub.video.nacked(out)
+        self.assertEqual(out.sim.target, 0)
+
     def test_nackBeforeSwitch(self):
         """NACKs for numbers sent from the former layer are not answered from the new one."""
         clock = Clock()

@@ -346,6 +346,8 @@ class RtcpPolicy:
             return
         self._counters["nacks_received"] += 1
         now = self._now()
+        if stream.layers is not None:
+            stream.layers.nacked(out)
         source = stream.layers.layerOf(out) if stream.layers is not None else stream
         if source is None:
             return

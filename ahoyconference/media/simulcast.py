@@ -54,7 +54,7 @@ only a few per cent a second, so it says nothing else that soon."""
 DECREASE = 0.97
 """An estimate below this share of the one before is a decrease (receivers
 send a new REMB at once when theirs falls by 3 % or more)."""
-PROBE_MAX = 8.0
+PROBE_MAX = 10.0
 HEADROOM = 1.15
 """A layer fits an estimate this many times its measured bitrate."""
 UNCONSTRAINED = 1.3
@@ -660,6 +660,18 @@ class SimulcastVideo:
         if lower:
             self._switchTo(out, lower[-1], now)
             sel.betterSince = None
+
+    def nacked(self, out: OutStream) -> None:
+        """
+        A subscriber's NACK: right after a step up, it lost packets of the
+        new layer (the link cannot carry it): back down at once.
+        """
+        sel = out.sim
+        if sel is None or sel.layer is None or self._now() - sel.lastUp > PROBE_FAILED:
+            return
+        if sel.lastUp <= sel.lastDown:
+            return
+        self.loss(out, 1.0)
 
     def tick(self) -> None:
         """Every report interval: measure the layers, reconsider every output."""
