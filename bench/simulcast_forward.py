@@ -37,7 +37,8 @@ from pylibsrtp import Policy, Session  # noqa: E402
 
 from ahoyconference.media.forward import InStream  # noqa: E402
 from ahoyconference.media.outstream import OutStream  # noqa: E402
-from ahoyconference.media.simulcast import LayerStream, Selector, SimulcastVideo  # noqa: E402
+from ahoyconference.media.selector import Selector  # noqa: E402
+from ahoyconference.media.simulcast import LayerStream, SimulcastVideo  # noqa: E402
 
 VP8 = ("video/vp8", 90000, "", "")
 MID, RID = 1, 4

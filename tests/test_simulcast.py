@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_simulcast -*-
 """
-Tests for L{ahoyconference.media.simulcast}: crafted RTP packets with VP8
+Tests for L{ahoyconference.media.simulcast}, L{ahoyconference.media.selector} and
+L{ahoyconference.media.payload}: crafted RTP packets with VP8
 payload descriptors through the layers of one publisher to subscribers'
 outputs, on a L{task.Clock}; no sockets, no SRTP (the outputs' "protect" is
 the identity and their "sendto" records).
@@ -14,16 +15,12 @@ from collections import Counter
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from ahoyconference.media import simulcast
+from ahoyconference.media import payload, selector
 from ahoyconference.media.forward import InStream
 from ahoyconference.media.outstream import OutStream
-from ahoyconference.media.simulcast import (
-    LayerStream,
-    Selector,
-    SimulcastVideo,
-    readExtension,
-    vp8Fields,
-)
+from ahoyconference.media.payload import readExtension, vp8Fields
+from ahoyconference.media.selector import Selector
+from ahoyconference.media.simulcast import LayerStream, SimulcastVideo
 
 VP8 = ("video/vp8", 90000, "", "")
 MID_ID, RID_ID, RRID_ID = 1, 4, 5
@@ -53,10 +50,10 @@ def vp8Packet(ssrc: int, seq: int, ts: int, pic: int, tl0: int, *, keyframe=Fals
 def parse(packet: bytes) -> dict:
     """What a subscriber sees of a packet we sent."""
     b0, b1, seq, ts, ssrc = struct.unpack_from("!BBHII", packet)
-    start = simulcast.payloadStart(packet)
+    start = payload.payloadStart(packet)
     picOffset, bits, tl0Offset, keyframe = vp8Fields(packet, start)
     return {"seq": seq, "ts": ts, "ssrc": ssrc, "pt": b1 & 0x7F,
-            "pic": simulcast.readPictureId(packet, picOffset, bits), "tl0": packet[tl0Offset],
+            "pic": payload.readPictureId(packet, picOffset, bits), "tl0": packet[tl0Offset],
             "keyframe": keyframe, "size": len(packet)}
 
 
@@ -138,10 +135,10 @@ class PacketTests(TestCase):
     def test_vp8Fields(self):
         """Picture ID (15 and 7 bits), TL0PICIDX and the keyframe bit."""
         key = vp8Packet(1, 1, 1, 0x1234, 9, keyframe=True)
-        start = simulcast.payloadStart(key)
+        start = payload.payloadStart(key)
         picOffset, bits, tl0Offset, keyframe = vp8Fields(key, start)
         self.assertEqual((bits, keyframe, key[tl0Offset]), (15, True, 9))
-        self.assertEqual(simulcast.readPictureId(key, picOffset, bits), 0x1234)
+        self.assertEqual(payload.readPictureId(key, picOffset, bits), 0x1234)
         self.assertFalse(vp8Fields(vp8Packet(1, 1, 1, 5, 9), start)[3])
         self.assertFalse(vp8Fields(vp8Packet(1, 1, 1, 5, 9, keyframe=True, start=False), start)[3])
         seven = bytes([0x90, 0x80, 0x05, 0x00])
@@ -149,8 +146,8 @@ class PacketTests(TestCase):
         self.assertEqual(vp8Fields(b"\x90", 0), (0, 0, 0, False))
         self.assertEqual(vp8Fields(b"", 0), (0, 0, 0, False))
         buffer = bytearray(4)
-        simulcast.writePictureId(buffer, 0, 15, 0x7FFF)
-        self.assertEqual(simulcast.readPictureId(buffer, 0, 15), 0x7FFF)
+        payload.writePictureId(buffer, 0, 15, 0x7FFF)
+        self.assertEqual(payload.readPictureId(buffer, 0, 15), 0x7FFF)
 
 
 class LayerTests(TestCase):
@@ -243,7 +240,7 @@ class SwitchTests(TestCase):
         self.assertEqual(pub.counters["simulcast_switches_down"], 1)
         # the estimate rises: up only after UP_DELAY
         pub.video.estimate(out, rates[2] * 2)
-        pub.run(simulcast.UP_DELAY - 1.5)
+        pub.run(selector.UP_DELAY - 1.5)
         self.assertIsNone(out.sim.target)
         pub.run(3)  # the ticks are a second apart
         self.assertEqual(out.sim.target, 2)
@@ -383,8 +380,8 @@ class SelectorTests(TestCase):
         sel.wentDown(0.1)
         sel.setEstimate(2_000_000)
         self.assertEqual(sel.choose(1, rates, live), 1)
-        self.assertEqual(sel.choose(1 + simulcast.UP_DELAY - 0.1, rates, live), 1)
-        self.assertEqual(sel.choose(1 + simulcast.UP_DELAY, rates, live), 2)
+        self.assertEqual(sel.choose(1 + selector.UP_DELAY - 0.1, rates, live), 1)
+        self.assertEqual(sel.choose(1 + selector.UP_DELAY, rates, live), 2)
 
     def test_probeBackOff(self):
         """An estimate held down by what is sent tries one layer up; a failed try waits twice as long."""
@@ -395,24 +392,24 @@ class SelectorTests(TestCase):
         sel.layer = type("L", (), {"index": 0})()
         sel.setEstimate(150_000)  # 1.5x what it gets: held down, but m does not fit
         self.assertEqual(sel.choose(0, rates, live), 0)
-        self.assertEqual(sel.choose(simulcast.PROBE_DELAY, rates, live), 1)
-        sel.wentUp(simulcast.PROBE_DELAY)
-        sel.wentDown(simulcast.PROBE_DELAY + 2)
-        self.assertEqual(sel.probeDelay, 2 * simulcast.PROBE_DELAY)
+        self.assertEqual(sel.choose(selector.PROBE_DELAY, rates, live), 1)
+        sel.wentUp(selector.PROBE_DELAY)
+        sel.wentDown(selector.PROBE_DELAY + 2)
+        self.assertEqual(sel.probeDelay, 2 * selector.PROBE_DELAY)
         sel.layer.index = 0
-        t = simulcast.PROBE_DELAY + 3
+        t = selector.PROBE_DELAY + 3
         self.assertEqual(sel.choose(t, rates, live), 0)
-        self.assertEqual(sel.choose(t + simulcast.PROBE_DELAY, rates, live), 0)
-        self.assertEqual(sel.choose(t + 2 * simulcast.PROBE_DELAY, rates, live), 1)
+        self.assertEqual(sel.choose(t + selector.PROBE_DELAY, rates, live), 0)
+        self.assertEqual(sel.choose(t + 2 * selector.PROBE_DELAY, rates, live), 1)
         # this time it holds (the estimate rises): the next step up comes
         # once it held for PROBE_FAILED, and the back-off is forgotten
-        up = t + 2 * simulcast.PROBE_DELAY
+        up = t + 2 * selector.PROBE_DELAY
         sel.wentUp(up)
         sel.layer.index = 1
         sel.setEstimate(160_000)
-        self.assertEqual(sel.choose(up + simulcast.PROBE_FAILED - 0.1, rates, live), 1)
-        self.assertEqual(sel.choose(up + simulcast.PROBE_FAILED, rates, live), 2)
-        self.assertEqual(sel.probeDelay, simulcast.PROBE_DELAY)
+        self.assertEqual(sel.choose(up + selector.PROBE_FAILED - 0.1, rates, live), 1)
+        self.assertEqual(sel.choose(up + selector.PROBE_FAILED, rates, live), 2)
+        self.assertEqual(sel.probeDelay, selector.PROBE_DELAY)
 
     def test_grace(self):
         """A new subscriber's first estimates do not pull it down, even falling ones."""
@@ -422,8 +419,8 @@ class SelectorTests(TestCase):
         sel.setEstimate(200_000)
         self.assertEqual(sel.choose(0, rates, [True] * 3), 2)
         sel.layer = type("L", (), {"index": 2})()
-        self.assertEqual(sel.choose(simulcast.ESTIMATE_GRACE - 0.1, rates, [True] * 3), 2)
-        self.assertEqual(sel.choose(simulcast.ESTIMATE_GRACE, rates, [True] * 3), 0)
+        self.assertEqual(sel.choose(selector.ESTIMATE_GRACE - 0.1, rates, [True] * 3), 2)
+        self.assertEqual(sel.choose(selector.ESTIMATE_GRACE, rates, [True] * 3), 0)
 
     def test_risingEstimateKeepsLayer(self):
         """
@@ -451,14 +448,14 @@ class H264Tests(TestCase):
     """H.264 layers switch at IDR pictures and are forwarded as they are."""
 
     def test_h264Keyframe(self):
-        self.assertTrue(simulcast.h264Keyframe(bytes([0x65, 1]), 0))          # IDR slice
-        self.assertTrue(simulcast.h264Keyframe(bytes([0x67, 1]), 0))          # SPS
-        self.assertTrue(simulcast.h264Keyframe(bytes([0x78, 0, 5, 0x67]), 0))  # STAP-A, SPS first
-        self.assertTrue(simulcast.h264Keyframe(bytes([0x7C, 0x85]), 0))       # FU-A start of IDR
-        self.assertFalse(simulcast.h264Keyframe(bytes([0x7C, 0x05]), 0))      # FU-A, not the start
-        self.assertFalse(simulcast.h264Keyframe(bytes([0x41, 1]), 0))         # non-IDR slice
-        self.assertFalse(simulcast.h264Keyframe(bytes([0x78, 0]), 0))
-        self.assertFalse(simulcast.h264Keyframe(b"", 0))
+        self.assertTrue(payload.h264Keyframe(bytes([0x65, 1]), 0))          # IDR slice
+        self.assertTrue(payload.h264Keyframe(bytes([0x67, 1]), 0))          # SPS
+        self.assertTrue(payload.h264Keyframe(bytes([0x78, 0, 5, 0x67]), 0))  # STAP-A, SPS first
+        self.assertTrue(payload.h264Keyframe(bytes([0x7C, 0x85]), 0))       # FU-A start of IDR
+        self.assertFalse(payload.h264Keyframe(bytes([0x7C, 0x05]), 0))      # FU-A, not the start
+        self.assertFalse(payload.h264Keyframe(bytes([0x41, 1]), 0))         # non-IDR slice
+        self.assertFalse(payload.h264Keyframe(bytes([0x78, 0]), 0))
+        self.assertFalse(payload.h264Keyframe(b"", 0))
 
     def test_switchAtIdr(self):
         """A VP8-looking payload of an H.264 layer is not rewritten; the switch waits for an IDR."""

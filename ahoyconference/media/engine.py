@@ -60,7 +60,8 @@ from ahoyconference.media.peers import (
 )
 from ahoyconference.media.repair import LossRepair
 from ahoyconference.media.rtcp import RtcpPolicy
-from ahoyconference.media.simulcast import LOWER_LAYERS_KBPS, QUALITIES, Selector
+from ahoyconference.media.selector import Selector
+from ahoyconference.media.simulcast import LOWER_LAYERS_KBPS, QUALITIES
 from ahoyconference.media.streams import MediaStreams
 
 _log = logger(__name__)

@@ -12,8 +12,9 @@ continuous stream.
  - L{LayerStream}: an L{InStream} whose outputs come and go at keyframes;
    its fan-out also rewrites the VP8 picture ID and TL0PICIDX so that they
    stay continuous across switches.
- - L{Selector}: one subscriber's choice of layer: the highest that fits
-   its bandwidth estimate and what it asked for; down at once, up slowly.
+ - L{ahoyconference.media.selector.Selector}: one subscriber's choice of
+   layer (what to switch to; this module does the switching).
+ - L{ahoyconference.media.payload}: reading RIDs and VP8/H.264 headers.
 
 A switch happens only at the first packet of a keyframe of the target
 layer (a PLI for that layer's SSRC asks for one); until then the
@@ -22,11 +23,15 @@ from the last packet sent (L{switchOutput}).
 
 Publishers that send one stream never meet this module: their packets go
 to the plain L{InStream} as before, at the same cost.
+
+Over 400 lines: the layer's fan-out, the switch and the layers' owner
+change the same state of an output (its offsets, its layer, its VP8
+numbering) at packet time; read together they show that no packet goes
+out with half of a switch applied.
 """
 
 from __future__ import annotations
 
-import struct
 from collections import Counter
 from collections.abc import Callable
 
@@ -34,38 +39,20 @@ from ahoyconference.media.faults import SrtpStatusError
 from ahoyconference.media.forward import InStream, _rewrite
 from ahoyconference.media.hooks import ZERO_COPY_MAX, srtpProtectInPlace
 from ahoyconference.media.outstream import OutStream
+from ahoyconference.media.payload import (
+    h264Keyframe,
+    payloadStart,
+    readExtension,
+    readPictureId,
+    vp8Fields,
+    writePictureId,
+)
+from ahoyconference.media.selector import PROBE_FAILED, Selector
 from ahoyconference.messages import QUALITIES
 
 __all__ = ["QUALITIES", "LayerStream", "Selector", "SimulcastVideo", "switchOutput"]
 
 
-UP_DELAY = 4.0
-"""Seconds a higher layer must keep fitting before a subscriber goes up."""
-PROBE_DELAY = 4.0
-"""Seconds of an estimate held down by what we send (not by the link)
-before a subscriber tries the next layer up anyway; doubled after each
-try that had to come back down within L{PROBE_FAILED}, up to L{PROBE_MAX}
-(which bounds how long a subscriber whose link got better waits)."""
-PROBE_FAILED = 3.0
-"""Seconds after going up within which any decrease of the estimate (the
-receiver saw the delay grow: the link cannot carry the layer) sends the
-subscriber back down at once: the try failed.  A receiver's estimate grows
-only a few per cent a second, so it says nothing else that soon."""
-DECREASE = 0.97
-"""An estimate below this share of the one before is a decrease (receivers
-send a new REMB at once when theirs falls by 3 % or more)."""
-PROBE_MAX = 10.0
-HEADROOM = 1.15
-"""A layer fits an estimate this many times its measured bitrate."""
-UNCONSTRAINED = 1.3
-"""An estimate this many times the current layer's bitrate is not held
-down by the link: receivers' estimates grow only so far above what they get."""
-FALLING = 0.85
-"""An estimate below this share of its peak since the last switch is
-falling (the link is congested): only then does a lower estimate send a
-subscriber down.  A receiver's estimate starts low and climbs (to at most
-about 1.5 times what it receives): a low but rising one is no reason to
-leave a layer."""
 LOSS_DOWN = 0.1
 """A receiver report with this fraction lost sends the subscriber down a layer."""
 LIVE = 1.5
@@ -77,277 +64,9 @@ layers (our browser client's ¼ and ½ resolution layers take at most 150 and
 500): the cap (protocol.md 4.5) bounds each stream a subscriber receives,
 so the top layer may have all of it.  In the publish offer's C{b=AS} and
 in the publisher's REMB."""
-ESTIMATE_GRACE = 2.0
-"""Seconds after a subscriber joins during which its estimate (still
-ramping up from the receiver's start value) does not lower its layer."""
 RATE_SMOOTHING = 0.5
 """Weight of the newest second in a layer's measured bitrate."""
 
-_u16 = struct.Struct("!H")
-
-
-# -- reading packets ---------------------------------------------------------
-
-def readExtension(data, extId: int) -> bytes | None:
-    """
-    The value of header extension C{extId} (RFC 8285, one-byte or two-byte
-    form) of a plain RTP packet, or C{None}.
-    """
-    if not extId or not data[0] & 0x10:
-        return None
-    pos = 12 + 4 * (data[0] & 0x0F)
-    if len(data) < pos + 4:
-        return None
-    profile = (data[pos] << 8) | data[pos + 1]
-    end = pos + 4 + 4 * ((data[pos + 2] << 8) | data[pos + 3])
-    pos += 4
-    if end > len(data):
-        return None
-    if profile == 0xBEDE:
-        while pos < end:
-            h = data[pos]
-            if h == 0:
-                pos += 1
-                continue
-            eid, length = h >> 4, (h & 0x0F) + 1
-            if eid == 15:
-                return None
-            if eid == extId:
-                return bytes(data[pos + 1:min(end, pos + 1 + length)])
-            pos += 1 + length
-    elif profile & 0xFFF0 == 0x1000:
-        while pos + 1 < end:
-            eid = data[pos]
-            if eid == 0:
-                pos += 1
-                continue
-            length = data[pos + 1]
-            if eid == extId:
-                return bytes(data[pos + 2:min(end, pos + 2 + length)])
-            pos += 2 + length
-    return None
-
-
-def vp8Fields(data, start: int) -> tuple[int, int, int, bool]:
-    """
-    The VP8 payload descriptor (RFC 7741 4.2) of a packet whose payload
-    starts at C{start}.
-
-    @return: C{(pictureIdOffset, pictureIdBits, tl0Offset, keyframeStart)}:
-        the offset of the picture ID (0 when absent) and its width (7 or
-        15), the offset of TL0PICIDX (0 when absent), and whether the
-        packet starts a keyframe (S set, partition 0, P bit clear).
-    """
-    size = len(data)
-    if start >= size:
-        return 0, 0, 0, False
-    b = data[start]
-    pos = start + 1
-    picOffset = picBits = tl0Offset = 0
-    if b & 0x80:  # X
-        if pos >= size:
-            return 0, 0, 0, False
-        x = data[pos]
-        pos += 1
-        if x & 0x80:  # I
-            if pos >= size:
-                return 0, 0, 0, False
-            picOffset = pos
-            if data[pos] & 0x80:  # M: 15 bits
-                picBits = 15
-                pos += 2
-            else:
-                picBits = 7
-                pos += 1
-        if x & 0x40:  # L
-            tl0Offset = pos
-            pos += 1
-        if x & 0x30:  # T or K
-            pos += 1
-    if pos >= size:
-        return picOffset, picBits, tl0Offset if tl0Offset < size else 0, False
-    keyframe = bool(b & 0x10) and (b & 0x07) == 0 and not data[pos] & 0x01
-    return picOffset, picBits, tl0Offset if tl0Offset < size else 0, keyframe
-
-
-def h264Keyframe(data, start: int) -> bool:
-    """
-    Does this H.264 packet (RFC 6184) start a keyframe: an IDR slice or an
-    SPS, alone, first in a STAP-A, or the start of a fragmented IDR?
-    """
-    if start >= len(data):
-        return False
-    nal = data[start] & 0x1F
-    if nal in (5, 7):
-        return True
-    if nal == 24:  # STAP-A: size (2 bytes), then the first NAL unit
-        return start + 3 < len(data) and (data[start + 3] & 0x1F) in (5, 7)
-    if nal == 28:  # FU-A: the start of a fragmented NAL unit
-        return start + 1 < len(data) and bool(data[start + 1] & 0x80) \
-            and (data[start + 1] & 0x1F) == 5
-    return False
-
-
-def payloadStart(data) -> int:
-    """Where an RTP packet's payload starts (after CSRCs and the extension)."""
-    b0 = data[0]
-    length = 12 + 4 * (b0 & 0x0F)
-    if b0 & 0x10:
-        if len(data) < length + 4:
-            return len(data)
-        length += 4 + 4 * ((data[length + 2] << 8) | data[length + 3])
-    return length
-
-
-def readPictureId(data, offset: int, bits: int) -> int:
-    """The picture ID at C{offset} (L{vp8Fields})."""
-    if bits == 15:
-        return ((data[offset] & 0x7F) << 8) | data[offset + 1]
-    return data[offset] & 0x7F
-
-
-def writePictureId(buffer, offset: int, bits: int, value: int) -> None:
-    """Write a picture ID of the width it had (the M bit stays as it was)."""
-    if bits == 15:
-        buffer[offset] = 0x80 | ((value >> 8) & 0x7F)
-        buffer[offset + 1] = value & 0xFF
-    else:
-        buffer[offset] = value & 0x7F
-
-
-# -- one subscriber's choice ---------------------------------------------------
-
-class Selector:
-    """
-    One subscriber's layer: what it gets, what it should get, and how its
-    VP8 numbering continues across switches.
-
-    @ivar layer: the L{LayerStream} it is fed from, or C{None} yet.
-    @ivar target: the layer index it waits to switch to (a keyframe), or
-        C{None}.
-    @ivar quality: the highest layer index it asked for.
-    @ivar estimate: its latest bandwidth estimate in bit/s (REMB), or C{None}.
-    @ivar picDelta: added to the layer's picture IDs (mod 2^15).
-    @ivar tl0Delta: added to the layer's TL0PICIDX (mod 2^8).
-    @ivar lastPic: the last picture ID sent (C{None} before any).
-    @ivar lastTl0: the last TL0PICIDX sent.
-    @ivar switches: switches done, by direction (C{"up"}, C{"down"}).
-    """
-
-    def __init__(self, quality: int):
-        self.layer: LayerStream | None = None
-        self.target: int | None = None
-        self.quality = quality
-        self.estimate: float | None = None
-        self.peak = 0.0
-        self.decreased = False
-        self.picDelta = 0
-        self.tl0Delta = 0
-        self.lastPic: int | None = None
-        self.lastTl0: int | None = None
-        self.betterSince: float | None = None
-        self.probeDelay = PROBE_DELAY
-        self.lastUp = -1e9
-        self.lastDown = -1e9
-        self.lastDecrease = -1e9
-        self.since: float | None = None
-        self.floorSeq: int | None = None
-        self.nextSeq = 0
-        self.nextTs = 0
-        self.switches: Counter = Counter()
-
-    @property
-    def index(self) -> int | None:
-        """The layer it gets or is about to get."""
-        if self.target is not None:
-            return self.target
-        return self.layer.index if self.layer is not None else None
-
-    def choose(self, now: float, rates: list[float], live: list[bool]) -> int | None:
-        """
-        The layer it should have now, given each layer's measured bitrate
-        and liveness: the highest live one up to L{quality} that fits the
-        estimate (with L{HEADROOM}), else the lowest live one.  Going down
-        is at once once the estimate falls (L{FALLING}; or the layer
-        stopped, or loss: L{SimulcastVideo.loss}); going up only after the better layer kept fitting for
-        L{UP_DELAY} seconds, or (when the estimate is held down by what it
-        gets, L{UNCONSTRAINED}) one layer up after L{probeDelay}.
-
-        @return: the index, or C{None} when no layer is live.
-        """
-        if self.since is None:
-            self.since = now
-        if self.decreased:
-            self.lastDecrease = now
-            self.decreased = False
-        if self.lastUp > self.lastDown and now - self.lastUp >= PROBE_FAILED:
-            self.probeDelay = PROBE_DELAY  # the last step up held
-        top = min(self.quality, len(rates) - 1)
-        candidates = [i for i in range(top + 1) if live[i]]
-        if not candidates:
-            candidates = [i for i in range(len(rates)) if live[i]]
-            if not candidates:
-                return None
-            return candidates[0]
-        current = self.index
-        if self.estimate is None or now - self.since < ESTIMATE_GRACE:
-            best = candidates[-1]
-        else:
-            fits = [i for i in candidates if rates[i] * HEADROOM <= self.estimate]
-            best = fits[-1] if fits else candidates[0]
-        falling = self.estimate is not None and (
-            self.estimate < FALLING * self.peak
-            or (self.lastDecrease >= self.lastUp and now - self.lastUp <= PROBE_FAILED))
-        if current is None or current not in candidates or (best < current and falling):
-            self.betterSince = None
-            return best
-        above = [i for i in candidates if i > current]
-        climbing = self.lastUp > max(self.lastDown, self.lastDecrease)
-        if best <= current and above and climbing and now - self.lastUp >= PROBE_FAILED:
-            # the last step up held (no decrease since): the next one
-            self.betterSince = None
-            return above[0]
-        if best < current:
-            return current
-        if best == current:
-            if (above and self.estimate is not None and rates[current] > 0
-                    and self.estimate >= UNCONSTRAINED * rates[current]):
-                # the estimate is held down by what we send: try one up, now and then
-                if self.betterSince is None:
-                    self.betterSince = now
-                elif now - self.betterSince >= self.probeDelay:
-                    self.betterSince = None
-                    return above[0]
-            else:
-                self.betterSince = None
-            return current
-        if self.betterSince is None:
-            self.betterSince = now
-        if now - self.betterSince >= UP_DELAY:
-            self.betterSince = None
-            return best
-        return current
-
-    def setEstimate(self, bitrate: float) -> None:
-        """A new bandwidth estimate (bit/s)."""
-        self.decreased = self.estimate is not None and bitrate < DECREASE * self.estimate
-        self.estimate = float(bitrate)
-        self.peak = max(self.peak, self.estimate)
-
-    def wentUp(self, now: float) -> None:
-        """It switched up: remember when, to tell a failed try."""
-        self.peak = self.estimate or 0.0
-        self.lastUp = now
-        self.switches["up"] += 1
-
-    def wentDown(self, now: float) -> None:
-        """It switched down: a try up that failed soon makes the next one wait longer."""
-        self.switches["down"] += 1
-        self.lastDown = now
-        self.peak = self.estimate or 0.0
-        if now - self.lastUp <= PROBE_FAILED:
-            self.probeDelay = min(PROBE_MAX, self.probeDelay * 2)
-        self.betterSince = None
 
 
 # -- a layer -------------------------------------------------------------------
