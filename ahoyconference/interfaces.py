@@ -288,11 +288,14 @@ class IMediaEngine(Interface):
     engine does not do media at all, 503 at a limit).
     """
 
-    def publish(memberID: str, audio: bool, video: bool, maxVideoBitrate: int):
+    def publish(memberID: str, audio: bool, video: bool, maxVideoBitrate: int,
+                simulcast: bool = False):
         """
         Start (or renegotiate) receiving this member's media.
 
         @param maxVideoBitrate: the effective cap in kbit/s (protocol.md 4.5).
+        @param simulcast: the client asked for a simulcast offer (protocol.md
+            4.11); an engine may ignore it (then the offer is as without).
         @return: a Deferred firing with the server's SDP offer for the
             C{MEDIA_RECEIVE_request}.  Earlier subscriptions to this member
             survive the renegotiation.

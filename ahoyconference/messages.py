@@ -155,6 +155,8 @@ REQUESTS: dict[str, dict[str, _Field]] = {
         "audio": _FLAG,
         "video": _FLAG,
         "maxVideoBitrate": _Field("int", default=500, low=1, high=MAX_BITRATE_KBPS),
+        # protocol.md 4.11: the client can send simulcast (the offer asks for it)
+        "simulcast": _FLAG,
     },
     "MEDIA_request": {},  # members: checked by _mediaMembers
     "CONFERENCE_LEAVE_request": {},

@@ -29,7 +29,7 @@ class NoMediaEngine:
     def __init__(self, listener=None):
         pass
 
-    def publish(self, memberID, audio, video, maxVideoBitrate):
+    def publish(self, memberID, audio, video, maxVideoBitrate, simulcast=False):
         """@return: a Deferred failing with 501."""
         return defer.fail(ProtocolError(501))
 

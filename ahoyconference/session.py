@@ -350,7 +350,11 @@ class Session:
             self.service.shareChanged(member, wanted)
             return {}
         self._checkPeerConnections(member, 1)
-        offer = yield engine.publish(member.memberID, wanted["audio"], wanted["video"], cap)
+        if params.get("simulcast") and wanted["video"]:
+            offer = yield engine.publish(member.memberID, wanted["audio"], wanted["video"], cap,
+                                         simulcast=True)
+        else:  # as before (engines without simulcast need not know it)
+            offer = yield engine.publish(member.memberID, wanted["audio"], wanted["video"], cap)
         if member.conference is None:  # left while the offer was being made
             engine.unpublish(member.memberID)
             raise ProtocolError(409)

@@ -605,6 +605,15 @@ class MediaRequestValidationTests(APITestCase):
         self.assertEqual([m for m in await a.quiet() if m["messageType"] == "SDP_request"], [])
 
     @asyncTest
+    async def test_mediaShareBadSimulcast400(self):
+        """simulcast (protocol.md 4.11) is a flag: anything else is 400."""
+        s = await self.server()
+        a, _ = await self.createJoin(s.url)
+        for value in ("yes", 2, [], {}):
+            r = await a.request("MEDIA_SHARE_request", audio=True, video=True, simulcast=value)
+            self.assertEqual(r["status"], 400, value)
+
+    @asyncTest
     async def test_mediaShareBadBitrate400(self):
         """maxVideoBitrate out of range: 400."""
         s = await self.server()

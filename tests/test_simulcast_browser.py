@@ -95,7 +95,8 @@ class SimulcastBrowserTests(BrowserTestCase):
         self.clients.append(robo)
         publisher = Publisher(tag=5)
         self.addCleanup(lambda: Deferred.fromFuture(asyncio.ensure_future(publisher.close())))
-        shared = await robo.request("MEDIA_SHARE_request", audio=True, video=True)
+        # it asks for simulcast, and answers with one stream all the same
+        shared = await robo.request("MEDIA_SHARE_request", audio=True, video=True, simulcast=True)
         self.assertEqual(shared["status"], 200, shared)
         offer = await robo.expect("MEDIA_RECEIVE_request")
         self.assertIn("a=simulcast:recv l;m;h", offer["sdp"])

@@ -124,8 +124,9 @@ class AiortcMediaEngine:
         @param nackPublishers: repair loss on publishers' video with NACK and
             RTX (L{ahoyconference.media.repair}); C{False} (read when a
             publisher's stream is made) forwards the gaps as they are.
-        @param simulcast: publish offers ask for simulcast video
-            (C{[media] simulcast}, L{ahoyconference.media.simulcast}).
+        @param simulcast: publish offers ask for simulcast video when the
+            client asks for it (C{[media] simulcast},
+            L{ahoyconference.media.simulcast}).
         @raise hooks.HookMismatch: the installed aiortc, aioice or pylibsrtp
             no longer fit the private hooks.
         """
@@ -221,16 +222,19 @@ class AiortcMediaEngine:
 
     # -- publishing -----------------------------------------------------------
 
-    def publish(self, memberID, audio, video, maxVideoBitrate):
+    def publish(self, memberID, audio, video, maxVideoBitrate, simulcast=False):
         """
         Offer to receive this member's media (a new peer connection; the
-        current one, if any, stays until the answer is accepted).
+        current one, if any, stays until the answer is accepted).  With
+        C{simulcast} (the client asked, protocol.md 4.11) and C{[media]
+        simulcast} on, the video section asks for three layers.
 
         @return: a Deferred firing with the SDP offer.
         """
-        return _deferred(self._publish(memberID, bool(audio), bool(video), int(maxVideoBitrate)))
+        return _deferred(self._publish(memberID, bool(audio), bool(video), int(maxVideoBitrate),
+                                       bool(simulcast)))
 
-    async def _publish(self, memberID, audio, video, cap):
+    async def _publish(self, memberID, audio, video, cap, simulcast=False):
         self._checkOpen()
         kinds = tuple(k for k, wanted in zip(KINDS, (audio, video), strict=True) if wanted)
         if not kinds:
@@ -256,7 +260,7 @@ class AiortcMediaEngine:
             self._connections.close(conn)
             raise ProtocolError(409, detail="publish superseded")
         if "video" in kinds:
-            if self.simulcast:
+            if self.simulcast and simulcast:
                 offer = _sdp.addBandwidth(_sdp.addSimulcast(offer), "video",
                                           pub.cap + LOWER_LAYERS_KBPS)
             else:

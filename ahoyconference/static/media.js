@@ -226,7 +226,9 @@ export function releaseMedia(keep) {
 export function setSharing(audio, video, maxVideoBitrate) {
   if (!state.me || !state.me.speaker) return Promise.reject(new Error("listeners cannot share media"));
   return acquireMedia(audio, video).then(function () {
-    var params = {audio: audio, video: video};
+    // simulcast: we answer the offer's rids on the transceiver it makes
+    // (replaceTrack, configureLayers), so we may ask for it (protocol.md 4.11)
+    var params = {audio: audio, video: video, simulcast: !!video};
     if (maxVideoBitrate) params.maxVideoBitrate = maxVideoBitrate;
     return request("MEDIA_SHARE_request", params);
   }).then(function (resp) {
