@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+from ahoyconference.logs import logger
 from ahoyconference.media.faults import SrtpStatusError
 from ahoyconference.media.forward import InStream, _rewrite
 from ahoyconference.media.hooks import ZERO_COPY_MAX, srtpProtectInPlace
@@ -51,6 +52,8 @@ from ahoyconference.media.selector import PROBE_FAILED, Selector
 from ahoyconference.messages import QUALITIES
 
 __all__ = ["QUALITIES", "LayerStream", "Selector", "SimulcastVideo", "switchOutput"]
+
+_log = logger(__name__)
 
 
 LOSS_DOWN = 0.1
@@ -269,6 +272,7 @@ class SimulcastVideo:
         self.outputs: list[OutStream] = []
         self.counters: Counter = counters if counters is not None else Counter()
         self._lastTick: float | None = None
+        self._warned = False
 
     # -- packets in --------------------------------------------------------
 
@@ -296,6 +300,12 @@ class SimulcastVideo:
         if layer is None:
             self.counters["simulcast_unknown_rid"] += 1
             self._onDropped("unknown_rid")
+            if not self._warned:  # once per publisher connection; the rest are counted
+                self._warned = True
+                _log.warn("simulcast publisher {member_id}: a packet of an unknown SSRC "
+                          "without a known RID dropped (counted in "
+                          "ahoy_simulcast_unknown_rid_total)",
+                          member_id=self.main.publisherID[:12])
             return None
         ssrc = int.from_bytes(data[8:12], "big")
         for known, other in list(table.items()):
@@ -452,6 +462,9 @@ class SimulcastVideo:
                     sel.wentDown(now)
                 direction = "up" if layer.index > old.index else "down"
                 self.counters[f"simulcast_switches_{direction}"] += 1
+                _log.debug("simulcast {member_id}: an output went {direction} to {rid}",
+                           member_id=self.main.publisherID[:12], direction=direction,
+                           rid=layer.rid)
             switchOutput(out, old, layer, seq, ts, now, pic, tl0)
             sel.layer = layer
             sel.target = None
