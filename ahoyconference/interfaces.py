@@ -325,6 +325,15 @@ class IMediaEngine(Interface):
         @return: a Deferred firing with the SDP offer for the C{SDP_request}.
         """
 
+    def setQuality(subscriberID: str, publisherID: str, quality: str) -> bool:
+        """
+        Change the highest simulcast layer of a connected subscription in
+        place, without a new offer (protocol.md 4.11).
+
+        @return: C{False} when there is no such subscription with video
+            flowing (the caller makes a new offer instead).
+        """
+
     def acceptSubscribeAnswer(subscriberID: str, publisherID: str, sdp: str):
         """
         The subscriber's answer to the latest subscribe offer for this

@@ -204,10 +204,13 @@ QUALITIES = ("low", "medium", "high")
 """A C{MEDIA_request} entry's optional C{quality} (protocol.md 4.11)."""
 
 
-def _quality(value: Any) -> str:
-    """C{quality}: absent or null is C{"high"}; anything but the three names is 400."""
+def _quality(value: Any) -> str | None:
+    """
+    C{quality}: absent or null stays C{None} (C{"high"} for a new
+    subscription; protocol.md 4.11); anything but the three names is 400.
+    """
     if value is None:
-        return "high"
+        return None
     if value not in QUALITIES:
         raise ProtocolError(400, detail="quality must be low, medium or high")
     return value

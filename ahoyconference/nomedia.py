@@ -44,6 +44,10 @@ class NoMediaEngine:
         """@return: a Deferred failing with 501."""
         return defer.fail(ProtocolError(501))
 
+    def setQuality(self, subscriberID, publisherID, quality):
+        """@return: C{False}: there are no subscriptions."""
+        return False
+
     def acceptSubscribeAnswer(self, subscriberID, publisherID, sdp):
         """@return: a Deferred failing with 501."""
         return defer.fail(ProtocolError(501))

@@ -57,6 +57,8 @@ class Session:
         self.member: Member | None = None
         self._pending: dict[tuple[str, str], tuple[str, str | None]] = {}
         self._offers: dict[str, _Offer] = {}  # publisherID → the subscription offer out
+        # publisherID → (audio, video), shareEpoch, quality of the answered subscription
+        self._live: dict[str, tuple] = {}
         self._subscribedTo: set[str] = set()  # publisherIDs the engine was asked to subscribe to
         self._lock = defer.DeferredLock()
         limits = service.config.limits
@@ -139,6 +141,7 @@ class Session:
         member, self.member = self.member, None
         self._pending.clear()
         self._offers.clear()
+        self._live.clear()
         self._subscribedTo.clear()
         if member is not None:
             self.service.leave(member, "disconnected from")
@@ -159,6 +162,7 @@ class Session:
         self.member = None
         self._pending.clear()
         self._offers.clear()
+        self._live.clear()
         self._subscribedTo.clear()
         self.transport.close(1000, "kicked")
 
@@ -275,6 +279,7 @@ class Session:
         member, self.member = self.member, None
         self._pending.clear()
         self._offers.clear()
+        self._live.clear()
         self._subscribedTo.clear()
         self.service.leave(member)
         return {}
@@ -419,13 +424,38 @@ class Session:
                 self._subscribedTo.discard(pid)
                 self._dropPending("SDP_response", pid)
                 self._offers.pop(pid, None)
+                self._live.pop(pid, None)
                 continue
             outstanding = self._offers.get(pid)
             if outstanding is not None and not outstanding.abandoned(self.service.clock.seconds()):
                 # protocol.md 4.10: never a second offer while one is unanswered.
                 outstanding.queued = entry
                 continue
+            if self._qualityInPlace(member, publisher, entry):
+                continue
             yield self._offerSubscription(member, publisher, entry)
+
+    def _qualityInPlace(self, member: Member, publisher: Member, entry: dict) -> bool:
+        """
+        protocol.md 4.11: an entry that changes only the C{quality} of an
+        answered subscription (same kinds, no new media since) changes it in
+        place, without a new offer.  The same request with the same quality
+        is an ordinary replacement (a client mending a broken connection).
+        """
+        live = self._live.get(publisher.memberID)
+        quality = entry["quality"]
+        if quality is None or live is None:
+            return False
+        engine = self.service.engine
+        pid = publisher.memberID
+        kinds = (bool(entry["audio"] and engine.isPublishing(pid, "audio")),
+                 bool(entry["video"] and engine.isPublishing(pid, "video")))
+        if kinds != live[0] or publisher.shareEpoch != live[1] or quality == live[2]:
+            return False
+        if not engine.setQuality(member.memberID, pid, quality):
+            return False
+        self._live[pid] = (kinds, live[1], quality)
+        return True
 
     @defer.inlineCallbacks
     def _offerSubscription(self, member: Member, publisher: Member, entry: dict):
@@ -441,8 +471,10 @@ class Session:
             return
         offer = _Offer(self.service.clock.seconds(), publisher.shareEpoch)
         self._offers[pid] = offer
+        self._live.pop(pid, None)
+        quality = entry.get("quality") or "high"
+        offer.kinds, offer.quality = (bool(audio), bool(video)), quality
         try:
-            quality = entry.get("quality", "high")
             if quality == "high":  # the default: engines without simulcast need not know it
                 sdp = yield engine.subscribe(member.memberID, pid, audio, video)
             else:
@@ -525,6 +557,9 @@ class Session:
         def accepted(_):
             self._pending.pop(key, None)
             if kind == "subscribe":
+                offer = self._offers.get(publisherID)
+                if offer is not None and offer.kinds is not None:
+                    self._live[publisherID] = (offer.kinds, offer.shareEpoch, offer.quality)
                 return self._offerSettled(publisherID)
 
         def failed(f):
@@ -557,6 +592,8 @@ class _Offer:
         self.sentAt = sentAt
         self.shareEpoch = shareEpoch
         self.queued: dict | None = None
+        self.kinds: tuple[bool, bool] | None = None
+        self.quality: str | None = None
 
     def abandoned(self, now: float) -> bool:
         """Has the client left it unanswered for too long?"""

@@ -115,6 +115,91 @@ class MediaThroughServerTests(TestCase):
         await bob.close()
 
 
+class QualityInPlaceTests(TestCase):
+    """protocol.md 4.11: a change of C{quality} alone needs no new offer."""
+
+    timeout = 120
+
+    def setUp(self):
+        loopbackOnly(self)
+
+    @asyncTest
+    async def test_qualityOnlyChange(self):
+        """
+        Bob subscribed to Alice; asking again with another C{quality} and
+        nothing else changes his subscription's top layer in place (no
+        C{SDP_request}, his picture goes on: her one stream is all there
+        is); the same request again, or one for other kinds, is a
+        replacement with a new offer, as before.
+        """
+        server = await Server(engine="aiortc").start()
+        peers = []
+
+        async def cleanup():
+            for peer in peers:
+                await peer.close()
+            await server.stop()
+
+        self.addCleanup(lambda: Deferred.fromFuture(asyncio.ensure_future(cleanup())))
+        engine = server.service.engine
+        alice, joinedAlice = await createAndJoin(server.url, "room", "alice")
+        bob, joinedBob = await join(server.url, "room", "bob")
+        aliceID, bobID = joinedAlice["memberID"], joinedBob["memberID"]
+        await alice.request("MEDIA_SHARE_request", audio=True, video=True)
+        offer = await alice.expect("MEDIA_RECEIVE_request")
+        publisher = Publisher(tag=5)
+        peers.append(publisher)
+        await alice.send({"messageType": "MEDIA_RECEIVE_response", "status": 200,
+                          "sdp": await publisher.answer(offer["sdp"]),
+                          "transactionID": offer["transactionID"]})
+        while True:   # Bob is told of her media (after this, no new media: 4.11)
+            indication = await bob.expect("MEDIA_indication")
+            if indication["member"]["memberID"] == aliceID and \
+                    indication["video"]["available"] and indication["audio"]["available"]:
+                break
+
+        async def subscribe(quality, video=True, offered=True):
+            entry = {"memberID": aliceID, "audio": True, "video": video}
+            if quality is not None:
+                entry["quality"] = quality
+            response = await bob.request("MEDIA_request", members=[entry])
+            self.assertEqual(response["status"], 200)
+            if not offered:
+                return None
+            request = await bob.expect("SDP_request", transactionID=aliceID)
+            subscriber = Subscriber()
+            peers.append(subscriber)
+            await bob.send({"messageType": "SDP_response", "status": 200,
+                            "sdp": await subscriber.answer(request["sdp"]),
+                            "transactionID": aliceID})
+            return subscriber
+
+        def quality():
+            sub = engine._subscriptions[(bobID, aliceID)]
+            return sub.outs["video"].sim.quality if "video" in sub.outs else None
+
+        subscriber = await subscribe(None)
+        await waitFor(lambda: len(subscriber.frames) >= 10, what="Alice's pictures at Bob")
+        await waitFor(lambda: quality() == 2, what="the subscription's video output")
+
+        await subscribe("low", offered=False)
+        self.assertEqual(quality(), 0)
+        frames = len(subscriber.frames)
+        await waitFor(lambda: len(subscriber.frames) >= frames + 10, what="pictures after")
+        self.assertEqual([m for m in bob.inbox if m.get("messageType") == "SDP_request"], [])
+
+        # the same request again: a replacement, with a new offer
+        subscriber = await subscribe("low")
+        await waitFor(lambda: len(subscriber.frames) >= 5, what="pictures, new connection")
+        await waitFor(lambda: quality() == 0, what="the new subscription's output")
+        # other kinds: a replacement too
+        await subscribe("high", video=False)
+        await waitFor(lambda: "video" not in engine._subscriptions[(bobID, aliceID)].kinds,
+                      what="an audio-only subscription")
+        await bob.close()
+        await alice.close()
+
+
 class MdnsCandidateTests(TestCase):
     """
     Browsers hide their host address behind an mDNS name (C{….local}); the

@@ -82,6 +82,22 @@ class SimulcastBrowserTests(BrowserTestCase):
                        s.name === 'Alice' && s.serial === serial && s.framesDecoded >= n + 30))""",
                 "decoding 30 more frames", timeout=MEDIA_WAIT,
                 arg=[seen["serial"], seen["framesDecoded"]])
+        # a page whose tiles are small asks for "low", and for "high" once
+        # Alice speaks: changed in place (protocol.md 4.11), on the same
+        # subscription (the server's MEDIA_event is handed to the page)
+        auto = await self.newPage("auto", room="simulcast-room", smallTiles="1")
+        await auto.joinRoom("simulcast-room", "Auto")
+        autoLow = await self.frameWidth(
+            auto, "Alice", f"s.frameWidth > 0 && s.frameWidth <= {widths[0]}",
+            "a small tile: Alice's low layer")
+        aliceID = await alice.page.evaluate("window.ahoy.state.me.memberID")
+        await auto.page.evaluate(
+            """id => window.ahoy.receive({messageType: "MEDIA_event", event: "start_speaking",
+                                          member: {memberID: id, name: "Alice"}})""", aliceID)
+        autoHigh = await self.frameWidth(
+            auto, "Alice", f"s.frameWidth >= {widths[2]} && s.serial === {autoLow['serial']}",
+            "the speaker: Alice's high layer, on the same subscription")
+        self.assertEqual(autoHigh["serial"], autoLow["serial"])
         stats = self.server.service.engine.stats()
         self.assertEqual(stats["simulcast_publishers"], 1)
         self.assertEqual(stats["drops"].get("unknown_rid", 0), 0)

@@ -514,6 +514,23 @@ class AiortcMediaEngine:
             self._media.streamFor(sub.publisherID, kind).attach(out)
         _log.info("{what} connected ({kinds})", what=sub.describe(), kinds="+".join(sub.outs))
 
+    def setQuality(self, subscriberID, publisherID, quality):
+        """
+        The subscription's highest simulcast layer, changed in place
+        (protocol.md 4.11): its selector moves at the next keyframe.
+
+        @return: C{False} when the subscription has no video flowing.
+        """
+        if quality not in QUALITIES:
+            raise ProtocolError(400, detail="quality must be low, medium or high")
+        sub = self._subscriptions.get((subscriberID, publisherID))
+        out = sub.outs.get("video") if sub is not None else None
+        if out is None or out.sim is None:
+            return False
+        sub.quality = out.sim.quality = QUALITIES.index(quality)
+        _log.debug("{what}: quality {quality}", what=sub.describe(), quality=quality)
+        return True
+
     def unsubscribe(self, subscriberID, publisherID):
         """End one subscription (nothing happens if there is none)."""
         sub = self._subscriptions.pop((subscriberID, publisherID), None)

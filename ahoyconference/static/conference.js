@@ -4,7 +4,7 @@
  * speaking), and chat.
  */
 import {connect, moveTo} from "./connection.js";
-import {closeSubscription, setSharing, teardownMedia, updateSubscription} from "./media.js";
+import {closeSubscription, refreshQuality, setSharing, teardownMedia, updateSubscription} from "./media.js";
 import {describeError, request} from "./protocol.js";
 import {$, logEvent, rt, state} from "./state.js";
 import {addTile, renderTile, renderTileCount, tileFor} from "./tiles.js";
@@ -191,6 +191,7 @@ export function removeMember(memberID) {
 export function clearMembers() {
   Object.keys(state.members).forEach(function (id) { removeMember(id); });
   state.members = {};
+  state.speakerID = null;
 }
 
 export function onJoinIndication(msg) {
@@ -279,6 +280,13 @@ export function onMediaEvent(msg) {
   var member = state.me && id === state.me.memberID ? state.me : state.members[id];
   if (!member) return;
   MEDIA_EVENTS[msg.event](member);
+  if (msg.event === "start_speaking" && member !== state.me && state.speakerID !== id) {
+    // the new speaker's video in full, the previous one's back to its tile's size
+    var previous = state.members[state.speakerID];
+    state.speakerID = id;
+    refreshQuality(member);
+    if (previous) refreshQuality(previous);
+  }
   renderTile(member);
   if (member === state.me) renderControls();
 }

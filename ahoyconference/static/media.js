@@ -168,10 +168,13 @@ export function configureLayers(sender, track) {
   });
 }
 
-// The quality to ask for a member's video in (protocol.md 4.11): "low" when
-// tiles are small (many members with video), else "high"; ?quality= forces one.
+// The quality to ask for a member's video in (protocol.md 4.11): "high" for
+// the speaker (the member who last started speaking: the big picture), "low"
+// for the others when tiles are small (many members with video), else
+// "high"; ?quality= forces one.
 export function qualityFor(member) {
   if (QUALITY) return QUALITY;
+  if (state.speakerID && member.memberID === state.speakerID) return "high";
   var videos = Object.keys(state.members).filter(function (id) {
     var m = state.members[id];
     return m.video && m.video.available;
@@ -296,12 +299,26 @@ export function subscribeNow(member) {
     closeSubscription(member);
   }
   var entry = {memberID: member.memberID, audio: want.audio, video: want.video};
-  if (want.video) entry.quality = qualityFor(member);
+  if (want.video) entry.quality = member.quality = qualityFor(member);
   request("MEDIA_request", {members: [entry]})
     .catch(function (e) {
       logEvent("MEDIA_request for " + member.memberID + " failed: " + e.message);
       if (state.members[member.memberID] === member) member.subscribed = {audio: false, video: false};
     });
+}
+
+// The member's video quality changes (a new speaker, more or fewer tiles):
+// the same kinds with another quality, which the server applies in place,
+// without a new offer (protocol.md 4.11).
+export function refreshQuality(member) {
+  var have = member.subscribed;
+  if (!have || !have.video || !member.sub || !member.sub.pc) return;
+  var quality = qualityFor(member);
+  if (quality === member.quality) return;
+  member.quality = quality;
+  request("MEDIA_request", {members: [{memberID: member.memberID, audio: !!have.audio,
+                                       video: true, quality: quality}]})
+    .catch(function (e) { logEvent("quality for " + member.memberID + " not changed: " + e.message); });
 }
 
 // The server offers a member's media (protocol.md 3.2).

@@ -11,6 +11,9 @@
  *   camera=WxH       capture this size (e.g. 960x540) instead of 1280x720
  *   quality=Q        ask for every member's video in quality Q (low, medium,
  *                    high; protocol.md 4.11) instead of choosing by tile size
+ *   smallTiles=N     tiles count as small (their video asked for in "low",
+ *                    the speaker's in "high") from N members with video on
+ *                    (default 5)
  */
 export var params = new URLSearchParams(window.location.search);
 export var LOOPBACK_ONLY = params.get("loopbackOnly") === "1";
@@ -26,7 +29,7 @@ export var LAYERS = [{scaleResolutionDownBy: 4, maxBitrate: 150000},
                      {scaleResolutionDownBy: 2, maxBitrate: 500000},
                      {scaleResolutionDownBy: 1}];
 // From this many other members with video on, their tiles are small: ask for "low".
-export var SMALL_TILES_FROM = 5;
+export var SMALL_TILES_FROM = /^[1-9]\d?$/.test(params.get("smallTiles") || "") ? Number(params.get("smallTiles")) : 5;
 export var REQUEST_TIMEOUT_MS = 20000;
 export var GATHER_TIMEOUT_MS = 10000;
 export var BACKOFF_MS = [1000, 2000, 4000, 8000, 15000, 30000];
@@ -45,6 +48,7 @@ export var state = {
   me: null,                    // {memberID, name, moderator, speaker, audio, video, speaking}
   conference: null,            // {conferenceID, conferenceName, description, locked, deadline}
   members: {},                 // memberID -> member (see addMember)
+  speakerID: null,             // who last started speaking: asked for in "high" quality
   chat: [],                    // {fromID, name, text, self, time}
   sharing: {audio: false, video: false},
   selfMuted: false,
