@@ -42,6 +42,10 @@ class IceSettings:
     @ivar allowed_remote_networks: remote addresses we may send STUN and
         media to: C{"public"} (globally routed), C{"local"} (the subnets of
         the addresses we gather on) and networks in CIDR notation.
+    @ivar udp_port: the one UDP port every member's ICE, DTLS and SRTP
+        share (L{ahoyconference.media.udpmux}); 0: a socket per peer
+        connection on a port the kernel picks (what a configuration without
+        the key gets; the shipped one sets L{ONE_PORT}).
     """
 
     host_addresses: tuple[str, ...] = ()
@@ -49,6 +53,16 @@ class IceSettings:
     public_address: str | None = None
     turn: TurnSettings | None = None
     allowed_remote_networks: tuple[str, ...] = ("public", "local")
+    udp_port: int = 0
+
+
+ONE_PORT = 10000
+"""
+The C{[ice] udp_port} of the shipped configuration and the Debian package:
+below Linux's ephemeral range (32768-60999), so no outgoing socket can take
+it before the server starts, outside C{[sip] rtp_ports}' default range, and
+the port operators already know as a conference server's single media port.
+"""
 
 
 @dataclass(frozen=True)
@@ -211,6 +225,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "public_address": ((str,), None),
         "turn": ((dict,), None),
         "allowed_remote_networks": ((list,), None),
+        "udp_port": (_INT, 0),
     },
     "media": {
         "simulcast": ((bool,), None),
@@ -455,6 +470,9 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
             _fail(path, "[ice] servers", f"unknown key {sorted(unknown)[0]!r}")
 
 
+    udpPort = iceTable.get("udp_port", 0)
+    if udpPort > 65535:
+        _fail(path, "[ice] udp_port", f"must be a UDP port (1-65535) or 0, not {udpPort}")
     allowedNetworks = _strings(path, "[ice] allowed_remote_networks",
                                iceTable.get("allowed_remote_networks", ["public", "local"]))
     for entry in allowedNetworks:
@@ -511,6 +529,7 @@ def parseConfig(data: dict, path: str | None = None) -> Config:
             public_address=iceTable.get("public_address"),
             turn=_turn(path, iceTable["turn"]) if "turn" in iceTable else None,
             allowed_remote_networks=allowedNetworks,
+            udp_port=udpPort,
         ),
         policy_name=policyName,
         policy_options=policy,

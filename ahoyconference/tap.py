@@ -192,6 +192,7 @@ def buildService(config: Config, reactor) -> MultiService:
     """
     from ahoyconference.media.engine import AiortcMediaEngine, installAsyncioExceptionHandler
     from ahoyconference.media.hooks import HookMismatch
+    from ahoyconference.media.udpmux import PortUnavailable
     from ahoyconference.policy import UnknownPolicy, checkOrigins, loadPolicy
     from ahoyconference.service import ConferenceService
     from ahoyconference.web import makeSite
@@ -221,6 +222,8 @@ def buildService(config: Config, reactor) -> MultiService:
     except HookMismatch as e:
         raise SystemExit(f"ahoyconference: the installed aiortc/aioice/pylibsrtp do not fit "
                          f"the media engine: {e}")
+    except PortUnavailable as e:
+        raise SystemExit(f"ahoyconference: {e}")
     top = _ReloadOnHangup(service, config.path, reactor)
     if directory is not None:
         directory.setServiceParent(top)

@@ -35,14 +35,15 @@ class PeerConnections:
     answers connectivity checks only from C{[ice] allowed_remote_networks}
     (only from loopback when we gather on loopback only), drops junk
     datagrams before aiortc sees them, and is closed when ICE does not
-    complete within C{iceTimeout}.
+    complete within C{iceTimeout}.  With C{onePort} (an
+    L{ahoyconference.media.udpmux.OnePort}) they gather on its sockets.
 
     @ivar live: every peer connection not yet closed down.
     """
 
     def __init__(self, ice: IceSettings, clock, iceTimeout: float,
                  onConnected: Callable[[Peer], None], onEnded: Callable[[Peer], None],
-                 onDropped: Callable[[str], None], counters: Counter):
+                 onDropped: Callable[[str], None], counters: Counter, onePort=None):
         self._ice = ice
         self._clock = clock
         self._iceTimeout = iceTimeout
@@ -50,6 +51,7 @@ class PeerConnections:
         self._onEnded = onEnded
         self._onDropped = onDropped
         self._counters = counters
+        self._onePort = onePort
         self._loopbackOnly = _ice.onlyLoopback(tuple(ice.host_addresses))
         self._remote = _ice.RemoteNetworks(ice)
         self._refusedLogged = False
@@ -78,8 +80,13 @@ class PeerConnections:
         hooks.guardDatagrams(peer.dtls, lambda: self._onDropped("junk_datagram"))
 
     async def makeOffer(self, peer: Peer) -> str:
-        """Create and set the local description; guard the ICE agents it made."""
+        """
+        Create and set the local description (gathering on the one UDP port
+        when there is one); guard the ICE agents it made.
+        """
         pc = peer.pc
+        if self._onePort is not None:
+            hooks.gatherOnShared(pc, self._onePort.newUfrag, self._onePort.muxes)
         await pc.setLocalDescription(await pc.createOffer())
         allowed = _ice.isLoopback if self._loopbackOnly else self._remote.allowed
         hooks.guardChecks(pc, allowed, self._refusedCheck)

@@ -42,6 +42,7 @@ from ahoyconference.interfaces import (
 )
 from ahoyconference.logs import logger
 from ahoyconference.media import hooks
+from ahoyconference.media import ice as _ice
 from ahoyconference.media import sdp as _sdp
 from ahoyconference.media.connections import PeerConnections
 from ahoyconference.media.faults import Faults
@@ -63,6 +64,7 @@ from ahoyconference.media.rtcp import RtcpPolicy
 from ahoyconference.media.selector import Selector
 from ahoyconference.media.simulcast import LOWER_LAYERS_KBPS, QUALITIES
 from ahoyconference.media.streams import MediaStreams
+from ahoyconference.media.udpmux import OnePort
 
 _log = logger(__name__)
 
@@ -129,6 +131,8 @@ class AiortcMediaEngine:
             L{ahoyconference.media.simulcast}).
         @raise hooks.HookMismatch: the installed aiortc, aioice or pylibsrtp
             no longer fit the private hooks.
+        @raise ahoyconference.media.udpmux.PortUnavailable: C{[ice] udp_port}
+            cannot be bound.
         """
         hooks.checkHooks()
         self._iceSettings = ice
@@ -146,12 +150,22 @@ class AiortcMediaEngine:
         self._taps: dict[tuple[str, str], OutStream] = {}
         self._closed = False
         self.counters = Counter()
+        self._uninstallHosts = hooks.installHostAddresses(tuple(ice.host_addresses))
+        self.onePort = None
+        if ice.udp_port:
+            self.onePort = OnePort(_ice.hostAddresses(ice), ice.udp_port, self._countDrop,
+                                   self.faults.error)
+            try:
+                self.onePort.start()
+            except Exception:
+                self._uninstallHosts()
+                raise
         self._connections = PeerConnections(ice, clock, iceTimeout, self._peerConnected,
-                                            self._peerEnded, self._countDrop, self.counters)
+                                            self._peerEnded, self._countDrop, self.counters,
+                                            self.onePort)
         self._peers = self._connections.live
         self._rtcp = RtcpPolicy(clock, self._publishers, self._streams, self._subscriptionsOf,
                                 self.counters, self._countDrop, pliInterval)
-        self._uninstallHosts = hooks.installHostAddresses(tuple(ice.host_addresses))
         hooks.installConsentTiming()
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
@@ -620,6 +634,32 @@ class AiortcMediaEngine:
         for pub in list(self._publishers.values()):
             self._rtcp.sendReports(pub)
         self._media.idle(now)
+        self._followPairs()
+
+    def _followPairs(self) -> None:
+        """
+        Send each subscription's media where its nominated ICE pair is now:
+        a subscriber whose address changed (NAT rebinding) is checked at
+        the new one by aioice, which nominates that pair (docs/architecture.md,
+        "One UDP port").
+        """
+        for sub in self._subscriptions.values():
+            if not sub.outs or sub.closed:
+                continue
+            pair = hooks.nominatedPair(sub.dtls)
+            if pair is None:
+                continue
+            sendto, addr = pair
+            moved = False
+            for out in sub.outs.values():
+                if out.addr != addr:
+                    out.addr = addr
+                    moved = True
+                if out.sendto != sendto:
+                    out.sendto = sendto
+            if moved:
+                _log.info("{what}: media now goes to the subscriber's new address",
+                          what=sub.describe())
 
     def peerConnections(self, memberID=None):
         """Open peer connections, of the server or of one member (L{IMediaEngine})."""
@@ -662,3 +702,5 @@ class AiortcMediaEngine:
                 self._ticker.stop()
             self._uninstallHosts()
         await self._connections.closeAll()
+        if self.onePort is not None:
+            self.onePort.stop()

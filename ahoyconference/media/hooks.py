@@ -21,6 +21,7 @@ and its test, and nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import inspect
 import ipaddress
@@ -28,6 +29,7 @@ from collections.abc import Callable
 
 import aioice.ice
 import aiortc.rtcpeerconnection
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import RTCPeerConnection
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
@@ -280,6 +282,76 @@ def guardChecks(pc, allowed: Callable[[str], bool], onRefused: Callable[[str], N
     return guarded
 
 
+# -- one UDP port (media/udpmux.py) ---------------------------------------------
+
+
+def _iceConnections(pc) -> list:
+    """The distinct aioice connections of C{pc}'s transceivers (one with max-bundle)."""
+    connections = []
+    for transceiver in pc.getTransceivers():
+        connection = _iceConnection(transceiver.receiver.transport)
+        if connection not in connections:
+            connections.append(connection)
+    return connections
+
+
+def gatherOnShared(pc, newUfrag: Callable[[], str], muxes: list) -> int:
+    """
+    Make the ICE agents of C{pc} gather their host candidates on the shared
+    sockets C{muxes} (L{ahoyconference.media.udpmux.UdpMux}) instead of
+    binding a socket each.  Call before C{createOffer} (the offer carries
+    the ufrag).
+
+    Each agent gets a local ufrag from C{newUfrag()} (unique among the live
+    connections: the sockets demultiplex by it; aioice's own are 4
+    characters, too few to be unique among thousands), and its
+    C{get_component_candidates} (an instance attribute) makes, for each
+    mux, aioice's own C{StunProtocol} on a L{MuxTransport} with the host
+    candidate aioice would make; server-reflexive candidates (with a STUN
+    server) go through the same protocols, TURN is aioice's as before.
+
+    @return: the number of ICE agents changed.
+    """
+    changed = 0
+    for connection in _iceConnections(pc):
+        if connection.__dict__.get("_ahoyShared"):
+            continue
+        ufrag = newUfrag()
+        connection._local_username = ufrag
+        original = connection.get_component_candidates
+
+        async def gather(component, addresses, timeout=5, _connection=connection,
+                         _original=original, _ufrag=ufrag):
+            candidates, protocols = [], []
+            for mux in (muxes if addresses else ()):  # none with the relay-only policy
+                protocol = aioice.ice.StunProtocol(_connection)
+                protocol.connection_made(mux.attach(protocol, _ufrag))
+                host, port = mux.address
+                protocol.local_candidate = Candidate(
+                    foundation=candidate_foundation("host", "udp", host), component=component,
+                    transport="udp", priority=candidate_priority(component, "host"),
+                    host=host, port=port, type="host")
+                candidates.append(protocol.local_candidate)
+                protocols.append(protocol)
+            _connection._protocols += protocols
+            if _connection.stun_server:
+                tasks = [asyncio.ensure_future(aioice.ice.server_reflexive_candidate(
+                    p, _connection.stun_server)) for p in protocols
+                    if ipaddress.ip_address(p.local_candidate.host).version == 4]
+                if tasks:
+                    done, pending = await asyncio.wait(tasks, timeout=timeout)
+                    candidates += [t.result() for t in done if t.exception() is None]
+                    for task in pending:
+                        task.cancel()
+            return candidates + await _original(component=component, addresses=[],
+                                                timeout=timeout)
+
+        connection.get_component_candidates = gather
+        connection._ahoyShared = True
+        changed += 1
+    return changed
+
+
 # -- aioice's host addresses ------------------------------------------------------
 
 
@@ -443,8 +515,32 @@ def _checkSources() -> None:
         raise HookMismatch(f"aioice.ice.Connection.request_received takes {parameters}")
     if not callable(isCodecCompatible) or not callable(isRtx):
         raise HookMismatch("aiortc's is_codec_compatible/is_rtx are gone")
+    _checkShared()
     for text in ("await asyncio.sleep(CONSENT_INTERVAL *", "if failures >= CONSENT_FAILURES:"):
         _need(text, aioice.ice.Connection.query_consent, text)
+
+
+def _checkShared() -> None:
+    """What L{gatherOnShared} relies on."""
+    gather = aioice.ice.Connection.get_component_candidates
+    parameters = list(inspect.signature(gather).parameters)
+    if parameters != ["self", "component", "addresses", "timeout"]:
+        raise HookMismatch(f"aioice.ice.Connection.get_component_candidates takes {parameters}")
+    for text in ("StunProtocol(self)", "self._protocols += host_protocols",
+                 "server_reflexive_candidate(protocol, self.stun_server)",
+                 "if self.turn_server:"):
+        _need(text, gather, text)
+    _need("self._local_username = local_username", aioice.ice.Connection.__init__,
+          "self._local_username = local_username")
+    _need("return self._local_username", aioice.ice.Connection.local_username.fget,
+          "return self._local_username")
+    _need("self.transport = ", aioice.ice.StunProtocol.connection_made, "self.transport = ")
+    _need("get_component_candidates(component=component, addresses=addresses)",
+          aioice.ice.Connection.gather_candidates,
+          "get_component_candidates(component=component, addresses=addresses)")
+    parameters = list(inspect.signature(aioice.ice.server_reflexive_candidate).parameters)
+    if parameters[:2] != ["protocol", "stun_server"]:
+        raise HookMismatch(f"aioice.ice.server_reflexive_candidate takes {parameters}")
 
 
 def _checkSrtp() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+import aioice.ice
 import ifaddr
 from aiortc import RTCConfiguration, RTCIceServer
 from aiortc.rtcconfiguration import RTCBundlePolicy
@@ -43,6 +44,16 @@ def rtcConfiguration(settings: IceSettings) -> RTCConfiguration:
     return RTCConfiguration(
         iceServers=iceServers(settings), bundlePolicy=RTCBundlePolicy.MAX_BUNDLE
     )
+
+
+def hostAddresses(settings: IceSettings) -> tuple[str, ...]:
+    """
+    The addresses the one UDP port is bound on: C{host_addresses}, or
+    aioice's choice (every non-loopback interface) when that is empty.
+    """
+    if settings.host_addresses:
+        return tuple(settings.host_addresses)
+    return tuple(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True))
 
 
 def onlyLoopback(addresses: tuple[str, ...]) -> bool:
