@@ -123,7 +123,7 @@ class MuxTransport:
             return
         self._closing = True
         self._mux.forget(self)
-        asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+        self._mux.loop.call_soon(self.protocol.connection_lost, None)
 
     def abort(self) -> None:
         """The same as L{close}."""
@@ -146,7 +146,7 @@ class UdpMux:
         self._onError = onError
         self.socket: socket.socket | None = None
         self.address: tuple | None = None
-        self._loop = None
+        self.loop = asyncio.get_event_loop()
         self._byAddress: dict[tuple, MuxTransport] = {}
         self._byUfrag: dict[str, MuxTransport] = {}
         self._pending: dict[bytes, tuple[MuxTransport, tuple]] = {}
@@ -172,14 +172,13 @@ class UdpMux:
             raise
         self.socket = sock
         self.address = sock.getsockname()[:2]
-        self._loop = asyncio.get_event_loop()
-        self._loop.add_reader(sock.fileno(), self._readable)
+        self.loop.add_reader(sock.fileno(), self._readable)
 
     def stop(self) -> None:
         """Stop reading and close the socket."""
         if self.socket is None:
             return
-        self._loop.remove_reader(self.socket.fileno())
+        self.loop.remove_reader(self.socket.fileno())
         self.socket.close()
         self.socket = None
 
