@@ -10,6 +10,7 @@ already, in which case it must be the asyncio one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 
 from twisted.application import strports
@@ -41,6 +42,9 @@ class Options(usage.Options):
         ["node-id", None, None, "This node's ID in a cluster (overrides [cluster] node_id)."],
         ["node-url", None, None,
          "This node's public ws(s):// URL in a cluster (overrides [cluster] node_url)."],
+        ["udp-port", None, None,
+         "The one UDP port for media (overrides [ice] udp_port; 0: a socket per "
+         "peer connection)."],
     ]
     compData = usage.Completions(optActions={"config": usage.CompleteFiles("*.toml")})
 
@@ -81,6 +85,15 @@ class Options(usage.Options):
             changes["ports"] = (DEFAULT_PORT,)
         if self["policy"]:
             changes["policy_name"] = self["policy"]
+        if self["udp-port"] is not None:
+            try:
+                udpPort = int(self["udp-port"])
+            except ValueError:
+                udpPort = -1
+            if not 0 <= udpPort <= 65535:
+                raise SystemExit("ahoyconference: --udp-port must be a UDP port (1-65535) "
+                                 "or 0")
+            changes["ice"] = dataclasses.replace(config.ice, udp_port=udpPort)
         if self["node-id"] or self["node-url"]:
             if config.cluster is None:
                 raise SystemExit("ahoyconference: --node-id and --node-url need a [cluster] "

@@ -520,7 +520,7 @@ class ServerProcessTests(TestCase):
 
     async def room(self, udpPort: int, members: int = 6):
         """Start a server, put C{members} aiortc members in one room, all-to-all."""
-        workdir = self.mktemp()
+        workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
         server = ServerProcess.twistd(
             workdir, config=f'[ice]\nhost_addresses = ["127.0.0.1"]\nudp_port = {udpPort}\n'
@@ -546,11 +546,12 @@ class ServerProcessTests(TestCase):
             client, joined = await join(server.url, "six", f"m{i}")
             clients.append(client)
             ids.append(joined["memberID"])
-        publishers = []
+        # Everyone's audio to everyone, m0's video to everyone: the aiortc peers
+        # of six members all run in this process, and must answer ICE consent
+        # checks in time (all-to-all video here starves them on 2 cores).
         for i, client in enumerate(clients):
-            publisher = Publisher(tag=20 + i, fps=5)
+            publisher = Publisher(tag=1 + i, video=i == 0, fps=10)
             peers.append(publisher)
-            publishers.append(publisher)
             await publisher.publishVia(client)
         subscribers = {}
         for i, client in enumerate(clients):
@@ -558,22 +559,32 @@ class ServerProcessTests(TestCase):
                 if i != j:
                     subscriber = Subscriber()
                     peers.append(subscriber)
-                    await subscriber.subscribeVia(client, memberID)
+                    await subscriber.subscribeVia(client, memberID, video=j == 0)
                     subscribers[(i, j)] = subscriber
         for (i, j), subscriber in subscribers.items():
-            await waitFor(lambda s=subscriber, t=20 + j: len({n for tag, n, ok in s.frames
-                                                              if tag == t}) >= 3,
-                          timeout=60, what=f"m{j}'s pictures at m{i}")
-            await waitFor(lambda s=subscriber: len(s.audio) >= 10, timeout=30,
+            if j == 0:
+                await waitFor(lambda s=subscriber: len({n for tag, n, ok in s.frames
+                                                        if tag == 1}) >= 10,
+                              timeout=60, what=f"m0's pictures at m{i}")
+            await waitFor(lambda s=subscriber: len(s.audio) >= 25, timeout=30,
                           what=f"m{j}'s audio at m{i}")
+        self.assertEqual(await self.connected(server), members * members)
         return server, baseline
+
+    async def connected(self, server) -> float:
+        """The server's peer connections in the state connected."""
+        from tests.test_api import _httpGet
+
+        text = (await _httpGet(server.url, "/metrics")).decode()
+        return metric(text, "ahoy_peer_connections", state="connected")
 
     @asyncTest
     async def test_sixMembersOneSocket(self):
         """
         Six members, each publishing and subscribing to the five others (36
         peer connections): the server process holds one UDP socket, and its
-        metrics count no datagram dropped by the mux.
+        metrics count no datagram dropped by the mux; after 30 s (ICE consent
+        checks on one port too) every peer connection is still up.
         """
         port = freeUdpPort()
         server, baseline = await self.room(port)
@@ -588,6 +599,9 @@ class ServerProcessTests(TestCase):
         for reason in (udpmux.UNKNOWN_ADDRESS, udpmux.UNKNOWN_UFRAG, udpmux.UNMATCHED_STUN):
             self.assertEqual(metric(text, "ahoy_dropped_packets_by_reason_total",
                                     reason=reason), 0)
+        await asyncio.sleep(30)
+        self.assertEqual(await self.connected(server), 36)
+        self.assertEqual(udpSockets(server.pid), 1)
 
     @asyncTest
     async def test_perConnectionSockets(self):
@@ -595,3 +609,34 @@ class ServerProcessTests(TestCase):
         server, baseline = await self.room(0, members=3)
         self.assertGreaterEqual(udpSockets(server.pid), 3 * 3)
 
+
+
+class TapTests(TestCase):
+    """C{--udp-port}, and a port that cannot be bound stopping C{twistd} with one line."""
+
+    def test_option(self):
+        from ahoyconference import tap
+
+        o = tap.Options()
+        o.parseOptions(["--udp-port=8443"])
+        self.assertEqual(o["configuration"].ice.udp_port, 8443)
+        o = tap.Options()
+        o.parseOptions([])
+        self.assertEqual(o["configuration"].ice.udp_port, 0)
+        for bad in ("70000", "x", "-2"):
+            e = self.assertRaises(SystemExit, tap.Options().parseOptions, [f"--udp-port={bad}"])
+            self.assertIn("--udp-port", str(e.code))
+
+    @asyncTest
+    async def test_portTaken(self):
+        from tests.test_tap import twistd
+
+        taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        server = twistd(self, '[ice]\nhost_addresses = ["127.0.0.1"]\n',
+                        pluginArgs=[f"--udp-port={port}"])
+        self.assertNotEqual(await server.awaitExit(), 0)
+        self.assertIn(f"[ice] udp_port: cannot bind UDP 127.0.0.1:{port}", server.output())
+        self.assertNotIn("Traceback", server.output())

@@ -287,21 +287,21 @@ class UdpMux:
     def _learn(self, data: bytes, addr: tuple) -> MuxTransport | None:
         """The connection a datagram from an unknown address is for, or C{None} (dropped)."""
         if not isStun(data):
-            self._drop(UNKNOWN_ADDRESS)
+            self._drop(UNKNOWN_ADDRESS, addr=addr)
             return None
         kind = data[0] & 0x01, data[1] & 0x10  # the class bits (RFC 8489 5)
         if kind == (0, 0):  # a request: find the connection by the ufrag
             try:
                 message = stun.parse_message(data)
             except ValueError:
-                self._drop(UNKNOWN_UFRAG)
+                self._drop(UNKNOWN_UFRAG, addr=addr)
                 return None
             username = message.attributes.get("USERNAME")
             transport = None
             if isinstance(username, str):
                 transport = self._byUfrag.get(username.partition(":")[0])
             if transport is None:
-                self._drop(UNKNOWN_UFRAG)
+                self._drop(UNKNOWN_UFRAG, addr=addr)
             return transport
         if data[0] & 0x01:  # a response: whoever asked that address
             txid = bytes(data[8:20])
@@ -312,16 +312,17 @@ class UdpMux:
                 if data[0:2] == b"\x01\x01":
                     self._map(addr, transport)
                 return transport
-        self._drop(UNMATCHED_STUN)
+        self._drop(UNMATCHED_STUN, addr=addr)
         return None
 
-    def _drop(self, reason: str, error: Exception | None = None) -> None:
+    def _drop(self, reason: str, error: Exception | None = None, addr=None) -> None:
         self._onDropped(reason)
         if reason not in self._logged:
             self._logged.add(reason)
-            _log.info("UDP port {port}: dropped {what}{error} (later ones are only counted: "
-                      "ahoy_dropped_packets_by_reason_total{{reason=\"{reason}\"}})",
+            _log.info("UDP port {port}: dropped {what}{source}{error} (later ones are only "
+                      "counted: ahoy_dropped_packets_by_reason_total{{reason=\"{reason}\"}})",
                       port=self._port, what=_EXPLAIN[reason],
+                      source=f" from {addr[0]}:{addr[1]}" if addr is not None else "",
                       error=f" ({error})" if error is not None else "", reason=reason)
 
 
