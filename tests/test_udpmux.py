@@ -20,10 +20,10 @@ import socket
 
 from aioice import stun
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from ahoyconference.config import ONE_PORT, ConfigError, IceSettings, loadConfig
-from ahoyconference.media import udpmux
+from ahoyconference.media import mmsg, udpmux
 from ahoyconference.media.engine import AiortcMediaEngine
 from ahoyconference.media.udpmux import OnePort, PortUnavailable, UdpMux
 from tests.helpers import asyncTest, createAndJoin, join
@@ -86,13 +86,15 @@ class FakeProtocol:
 
 
 class DemuxTests(TestCase):
-    """L{UdpMux} on a real socket, with stand-in protocols."""
+    """L{UdpMux} on a real socket, with stand-in protocols (C{recvmmsg} where there is one)."""
+
+    batching = True
 
     def setUp(self):
         self.drops: list[str] = []
         self.errors: list[tuple] = []
         self.mux = UdpMux("127.0.0.1", 0, self.drops.append,
-                          lambda where, e: self.errors.append((where, e)))
+                          lambda where, e: self.errors.append((where, e)), self.batching)
         self.mux.start()
         self.addCleanup(self.mux.stop)
         self.peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -242,6 +244,15 @@ class DemuxTests(TestCase):
             seen.add(ufrag)
             self.mux.attach(FakeProtocol(), ufrag)
         self.assertEqual(ports.sizes()["ufrags"], 200)
+
+
+class PlainDemuxTests(DemuxTests):
+    """The same with C{recvfrom} and C{sendto} (where C{recvmmsg} is missing)."""
+
+    batching = False
+
+    def test_plain(self):
+        self.assertIsNone(self.mux.batch)
 
 
 class ConfigTests(TestCase):
@@ -640,3 +651,75 @@ class TapTests(TestCase):
         self.assertNotEqual(await server.awaitExit(), 0)
         self.assertIn(f"[ice] udp_port: cannot bind UDP 127.0.0.1:{port}", server.output())
         self.assertNotIn("Traceback", server.output())
+
+
+class BatchTests(TestCase):
+    """L{mmsg}: C{recvmmsg} and C{sendmmsg} through cffi, on real sockets."""
+
+    def setUp(self):
+        if not mmsg.available():
+            raise SkipTest("no recvmmsg/sendmmsg here (the mux uses recvfrom/sendto)")
+        self.a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for s in (self.a, self.b):
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+            self.addCleanup(s.close)
+
+    def test_receive(self):
+        """Everything waiting, in order, with its source; then nothing."""
+        receiver = mmsg.Receiver(self.b, size=8)
+        self.assertEqual(receiver.receive(), [])
+        sent = [os.urandom(n) for n in (1, 100, 1500, 0, 7)] + [b"x" * 3000]
+        for data in sent:
+            self.a.sendto(data, self.b.getsockname())
+        got = receiver.receive()
+        self.assertEqual([d for d, a in got], sent[:5] + [b"x" * mmsg.DATAGRAM])
+        self.assertEqual({a for d, a in got}, {self.a.getsockname()})
+        self.assertEqual(receiver.receive(), [])
+
+    def test_sendBatch(self):
+        """
+        Copies queued from C buffers go out on flush; a buffer queued again
+        flushes first (it is about to be overwritten); a copy the kernel
+        refuses is counted, the others go.
+        """
+        from cffi import FFI
+
+        ffi = FFI()
+        refused = []
+        batch = mmsg.SendBatch(self.a, size=4, onRefused=lambda n, e: refused.append((n, e)))
+        batch.holding = True
+        buffers = [ffi.new("char[]", bytes([i]) * 50) for i in range(3)]
+        senders = [batch.sender(b) for b in buffers]
+        to = self.b.getsockname()
+        senders[0](memoryview(b"\0" * 10), to)
+        senders[1](memoryview(b"\0" * 20), ("::1", 9))  # not for an IPv4 socket
+        senders[2](memoryview(b"\0" * 30), to)
+        self.assertEqual(len(batch), 3)
+        self.assertEqual(batch.flush(), 1)
+        self.assertEqual((batch.failed, batch.failedBytes), (1, 20))
+        self.assertEqual(refused[0][0], 1)
+        self.assertEqual(self.b.recv(100), b"\0" * 10)
+        self.assertEqual(self.b.recv(100), b"\2" * 30)
+        senders[0](memoryview(b"\0" * 5), to)
+        senders[0](memoryview(b"\0" * 6), to)  # the same buffer: the first goes now
+        self.assertEqual(len(batch), 1)
+        self.assertEqual(self.b.recv(100), b"\0" * 5)
+        batch.flush()
+        self.assertEqual(self.b.recv(100), b"\0" * 6)
+
+    def test_flushedSoonOutsideARead(self):
+        """A copy queued outside the mux's read (a phone, a timer) goes out on the next turn."""
+        from cffi import FFI
+
+        ffi = FFI()
+        buffer = ffi.new("char[]", b"abc")
+        batch = mmsg.SendBatch(self.a, loop=asyncio.get_event_loop())
+        batch.sender(buffer)(memoryview(b"123"), self.b.getsockname())
+
+        async def check():
+            await waitFor(lambda: len(batch) == 0, timeout=5)
+            self.assertEqual(self.b.recv(100), b"abc")
+
+        return Deferred.fromFuture(asyncio.ensure_future(check()))

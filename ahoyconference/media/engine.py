@@ -669,6 +669,11 @@ class AiortcMediaEngine:
     def stats(self):
         """Counters for /metrics (see L{IMediaEngine.stats}), plus a few more."""
         totals = self._media.totals()
+        if self.onePort is not None:  # batched copies the kernel refused after all
+            refused, refusedBytes = self.onePort.refused()
+            totals["forwarded_packets"] -= refused
+            totals["forwarded_bytes"] -= refusedBytes
+            totals["send_errors"] += refused
         drops = totals.pop("drops") + self.drops
         result = {
             "publishers": sum(1 for p in self._publishers.values() if p.current or p.pending),

@@ -446,7 +446,10 @@ def zeroCopySender(protect: Callable, sendto: Callable) -> tuple | None:
     pylibsrtp uses for every C{protect} of that session, so nothing else may
     protect on the session between the write and the C{sendto} (nothing
     can: one thread, no await).  A full socket buffer raises
-    C{BlockingIOError} and the packet is dropped instead of queued.
+    C{BlockingIOError} and the packet is dropped instead of queued.  On the
+    one UDP port (a L{MuxTransport} with a C{batch}) the copy is queued
+    for C{sendmmsg} instead; the batch is sent before that buffer is
+    written again (L{ahoyconference.media.mmsg.SendBatch}).
 
     @return: C{(srtp, cdata, view, lenPointer, socketSendto)}.
     """
@@ -457,8 +460,9 @@ def zeroCopySender(protect: Callable, sendto: Callable) -> tuple | None:
             or getattr(protect, "__func__", None) is not _SrtpSession.protect):
         return None
     cdata = session._cdata
-    return (session._srtp[0], cdata, memoryview(_ffi.buffer(cdata)), _ffi.new("int *"),
-            sock.sendto)
+    batch = getattr(transport, "batch", None)  # the one UDP port's sendmmsg (media/mmsg.py)
+    send = batch.sender(cdata) if batch is not None else sock.sendto
+    return (session._srtp[0], cdata, memoryview(_ffi.buffer(cdata)), _ffi.new("int *"), send)
 
 
 # -- the start-up check ----------------------------------------------------------

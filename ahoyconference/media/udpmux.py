@@ -41,6 +41,7 @@ from collections.abc import Callable
 from aioice import stun
 
 from ahoyconference.logs import logger
+from ahoyconference.media import mmsg
 
 _log = logger(__name__)
 
@@ -99,7 +100,8 @@ class MuxTransport:
         self.ufrag = ufrag
         self.addresses: list[tuple] = []
         self._closing = False
-        self._sock = mux.socket  # hooks.zeroCopySender sends on it directly
+        self._sock = mux.socket  # hooks.zeroCopySender sends on it directly,
+        self.batch = mux.batch  # or queues for sendmmsg here (None: no sendmmsg)
 
     def sendto(self, data, addr) -> None:
         """Send a datagram from the shared socket (STUN is looked at first)."""
@@ -136,10 +138,16 @@ class UdpMux:
 
     @param onDropped: called with the reason of every dropped datagram.
     @param onError: called with C{(where, exception)} for unexpected errors.
+    @param batching: read with C{recvmmsg} and send forwarded copies with
+        C{sendmmsg} (L{ahoyconference.media.mmsg}) where they are available.
+    @ivar batch: the L{mmsg.SendBatch} forwarded copies are queued in, or C{None}.
     """
 
     def __init__(self, host: str, port: int, onDropped: Callable[[str], None],
-                 onError: Callable[[str, Exception], None]):
+                 onError: Callable[[str, Exception], None], batching: bool = True):
+        self._batching = batching and mmsg.available()
+        self._receiver = None
+        self.batch = None
         self._host = host
         self._port = port
         self._onDropped = onDropped
@@ -172,6 +180,9 @@ class UdpMux:
             raise
         self.socket = sock
         self.address = sock.getsockname()[:2]
+        if self._batching:
+            self._receiver = mmsg.Receiver(sock)
+            self.batch = mmsg.SendBatch(sock, loop=self.loop, onRefused=self._refused)
         self.loop.add_reader(sock.fileno(), self._readable)
 
     def stop(self) -> None:
@@ -254,9 +265,16 @@ class UdpMux:
 
     # -- receiving ------------------------------------------------------------
 
+    def _refused(self, count: int, error: OSError) -> None:
+        """The kernel refused C{count} batched copies (a full buffer): counted as send errors."""
+        self._onError("send", error)
+
     def _readable(self) -> None:
         sock = self.socket
         if sock is None:
+            return
+        if self._receiver is not None:
+            self._readBatches()
             return
         for _ in range(READ_BUDGET):
             try:
@@ -267,6 +285,28 @@ class UdpMux:
                 self._drop(MUX_ERROR, e)
                 return
             self.datagram(data, addr)
+
+    def _readBatches(self) -> None:
+        """C{recvmmsg} until nothing waits (or the budget is spent); then C{sendmmsg}."""
+        batch = self.batch
+        batch.holding = True
+        try:
+            read = 0
+            while read < READ_BUDGET:
+                try:
+                    datagrams = self._receiver.receive()
+                except OSError as e:
+                    self._drop(MUX_ERROR, e)
+                    break
+                for data, addr in datagrams:
+                    self.datagram(data, addr)
+                read += len(datagrams)
+                if len(datagrams) < self._receiver.size:
+                    break
+        finally:
+            batch.holding = False
+            if len(batch):
+                batch.flush()
 
     def datagram(self, data: bytes, addr: tuple) -> None:
         """One datagram from C{addr}: to its connection, or dropped and counted."""
@@ -337,8 +377,8 @@ class OnePort:
     """
 
     def __init__(self, hosts: tuple[str, ...], port: int, onDropped: Callable[[str], None],
-                 onError: Callable[[str, Exception], None]):
-        self.muxes = [UdpMux(host, port, onDropped, onError) for host in hosts]
+                 onError: Callable[[str, Exception], None], batching: bool = True):
+        self.muxes = [UdpMux(host, port, onDropped, onError, batching) for host in hosts]
 
     def start(self) -> None:
         """
@@ -365,6 +405,11 @@ class OnePort:
             ufrag = "".join(secrets.choice(_UFRAG_CHARS) for _ in range(UFRAG_LENGTH))
             if not any(mux.hasUfrag(ufrag) for mux in self.muxes):
                 return ufrag
+
+    def refused(self) -> tuple[int, int]:
+        """C{(copies, bytes)} the kernel refused in batches (not forwarded after all)."""
+        batches = [mux.batch for mux in self.muxes if mux.batch is not None]
+        return sum(b.failed for b in batches), sum(b.failedBytes for b in batches)
 
     def sizes(self) -> dict[str, int]:
         """L{UdpMux.sizes}, summed."""
