@@ -17,6 +17,7 @@ import datetime
 import importlib.metadata
 import inspect
 import os
+import re
 import socket
 import struct
 
@@ -424,6 +425,57 @@ class GuardChecksTests(TestCase):
         self.assertEqual((protocol.sent, refused), ([], ["192.0.2.2"]))
         connection.request_received(request, ("127.0.0.1", 40000), protocol)
         self.assertEqual([addr for _, addr in protocol.sent], [("127.0.0.1", 40000)])
+
+
+class GatherOnSharedTests(TestCase):
+    """L{hooks.gatherOnShared}."""
+
+    timeout = 30
+
+    @asyncioTest
+    async def test_sharedHostCandidate(self):
+        """
+        The agent's ufrag is ours and its one host candidate is the shared
+        socket's, carried by aioice's own C{StunProtocol} on a
+        L{MuxTransport}; it is changed once; closing the connection empties
+        the mux.
+        """
+        from ahoyconference.media.udpmux import MuxTransport, OnePort
+
+        ports = OnePort(("127.0.0.1",), 0, lambda reason: None, lambda where, e: None)
+        ports.start()
+        self.addCleanup(ports.stop)
+        pc = RTCPeerConnection(ice.rtcConfiguration(IceSettings()))  # max-bundle, no STUN
+        self.addCleanup(later(pc.close))
+        pc.addTransceiver("audio", direction="recvonly")
+        pc.addTransceiver("video", direction="recvonly")
+        self.assertEqual(hooks.gatherOnShared(pc, lambda: "sharedUF", ports.muxes), 1)
+        self.assertEqual(hooks.gatherOnShared(pc, lambda: "other123", ports.muxes), 0)
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        self.assertIn("a=ice-ufrag:sharedUF", sdp)
+        port = ports.muxes[0].address[1]
+        self.assertEqual({int(p) for p in re.findall(r"a=candidate:\S+ \d udp \d+ 127\.0\.0\.1 (\d+)", sdp)},
+                         {port})
+        connection = pc.getTransceivers()[0].receiver.transport.transport._connection
+        self.assertEqual(connection.local_username, "sharedUF")
+        [protocol] = connection._protocols
+        self.assertIsInstance(protocol, aioice.ice.StunProtocol)
+        self.assertIsInstance(protocol.transport, MuxTransport)
+        self.assertEqual(ports.sizes()["ufrags"], 1)
+        await pc.close()
+        self.assertEqual(ports.sizes(), {"ufrags": 0, "addresses": 0, "transactions": 0})
+
+    def test_checked(self):
+        """C{checkHooks} refuses a C{get_component_candidates} with other parameters."""
+        self.patch(hooks, "_checked", [])
+
+        async def get_component_candidates(self, component, addresses):
+            return []
+
+        self.patch(aioice.ice.Connection, "get_component_candidates", get_component_candidates)
+        e = self.assertRaises(hooks.HookMismatch, hooks.checkHooks)
+        self.assertIn("get_component_candidates", str(e))
 
 
 class InstallHostAddressesTests(TestCase):
