@@ -22,6 +22,7 @@ server process does: ICE receive, SRTP both ways, RTCP, timers, the kernel's
 loopback delivery on sendto.
 
 Usage: python bench/quick_forward.py [-P 1] [-S 10] [-T 15] [--warmup 5] [--micro]
+       [--udp off|one|one-plain]
 """
 
 from __future__ import annotations
@@ -73,7 +74,17 @@ def serve() -> None:
             pass
 
     installAsyncioExceptionHandler()
-    engine = AiortcMediaEngine(Listener(), IceSettings(host_addresses=("127.0.0.1",)), reactor)
+    mode = os.environ.get("AHOY_QF_UDP", "off")  # --udp: off, one, one-plain
+    udpPort = 0
+    if mode != "off":
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            udpPort = s.getsockname()[1]
+    engine = AiortcMediaEngine(Listener(), IceSettings(host_addresses=("127.0.0.1",),
+                                                       udp_port=udpPort), reactor,
+                               batching=mode != "one-plain")
 
     class Commands(LineReceiver):
         delimiter = b"\n"
@@ -296,6 +307,7 @@ async def load(args) -> dict:
             await asyncio.sleep(0.1)
         await asyncio.sleep(args.warmup)
         pid = server.proc.pid
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
         cpu0, wall0 = cpuSeconds(pid), time.monotonic()
         own0 = time.process_time()
         recv0 = sum(s.received for s in subscribers)
@@ -313,6 +325,8 @@ async def load(args) -> dict:
         received = recv1 - recv0
         sent = sent1 - sent0
         return {
+            "udp": args.udp,
+            "server_fds": fds,
             "publishers": args.publishers,
             "subscribers_per_publisher": args.subscribers,
             "seconds": round(elapsed, 2),
@@ -386,12 +400,16 @@ def main():
     parser.add_argument("-S", "--subscribers", type=int, default=10)
     parser.add_argument("-T", "--seconds", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--udp", choices=("off", "one", "one-plain"), default="off",
+                        help="[ice] udp_port: off (a socket per peer connection), one (one "
+                             "port, recvmmsg/sendmmsg), one-plain (one port, recvfrom/sendto)")
     parser.add_argument("--micro", action="store_true",
                         help="also time the bare fast path in-process")
     args = parser.parse_args()
     if args.serve:
         serve()
         return
+    os.environ["AHOY_QF_UDP"] = args.udp
     result = asyncio.run(load(args))
     if args.micro:
         result.update(micro(args.subscribers))

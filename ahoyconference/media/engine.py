@@ -113,7 +113,8 @@ class AiortcMediaEngine:
 
     def __init__(self, listener: IMediaListener, ice: IceSettings, clock, iceTimeout: float = 30.0,
                  *, pliInterval: float = 0.3, reportInterval: float = 1.0,
-                 nackPublishers: bool = True, simulcast: bool = True):
+                 nackPublishers: bool = True, simulcast: bool = True,
+                 batching: bool = True):
         """
         @param listener: told of media availability and speaking changes.
         @param ice: the C{[ice]} settings.
@@ -129,6 +130,8 @@ class AiortcMediaEngine:
         @param simulcast: publish offers ask for simulcast video when the
             client asks for it (C{[media] simulcast},
             L{ahoyconference.media.simulcast}).
+        @param batching: on the one UDP port, C{recvmmsg}/C{sendmmsg} where
+            the system has them (L{ahoyconference.media.mmsg}).
         @raise hooks.HookMismatch: the installed aiortc, aioice or pylibsrtp
             no longer fit the private hooks.
         @raise ahoyconference.media.udpmux.PortUnavailable: C{[ice] udp_port}
@@ -154,7 +157,7 @@ class AiortcMediaEngine:
         self.onePort = None
         if ice.udp_port:
             self.onePort = OnePort(_ice.hostAddresses(ice), ice.udp_port, self._countDrop,
-                                   self.faults.error)
+                                   self.faults.error, batching)
             try:
                 self.onePort.start()
             except Exception:
