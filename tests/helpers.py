@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import socket
 
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -64,7 +66,13 @@ def testConfig(**changes) -> Config:
     """A config for tests: media on loopback only, generous limits."""
     limits = changes.pop("limits", None) or Limits(
         join_rate=0, chat_rate=0, max_connections_per_ip=0, max_conferences_per_client=0)
-    base = Config(ice=IceSettings(host_addresses=("127.0.0.1",)), limits=limits)
+    udpPort = 0
+    if os.environ.get("AHOY_TEST_ONE_PORT"):  # the whole suite on one UDP port (issue 16)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            udpPort = s.getsockname()[1]
+    base = Config(ice=IceSettings(host_addresses=("127.0.0.1",), udp_port=udpPort),
+                  limits=limits)
     return base.replace(**changes)
 
 

@@ -26,6 +26,7 @@ from ahoyconference.config import ONE_PORT, ConfigError, IceSettings, loadConfig
 from ahoyconference.media import mmsg, udpmux
 from ahoyconference.media.engine import AiortcMediaEngine
 from ahoyconference.media.udpmux import OnePort, PortUnavailable, UdpMux
+from tests import test_browser
 from tests.helpers import asyncTest, createAndJoin, join
 from tests.mediaclients import Publisher, Subscriber, waitFor
 from tests.serverprocess import ServerProcess
@@ -730,3 +731,79 @@ class BatchTests(TestCase):
             self.assertEqual(self.b.recv(100), b"abc")
 
         return Deferred.fromFuture(asyncio.ensure_future(check()))
+
+
+class BrowserRoomTests(test_browser.BrowserTestCase):
+    """
+    Chromium and aiortc in one room on one port: two browsers (camera and
+    microphone) and four aiortc members (a tone each).
+    """
+
+    timeout = 240
+
+    def config(self):
+        from tests.helpers import testConfig
+
+        self.port = freeUdpPort()
+        return testConfig(ice=IceSettings(host_addresses=("127.0.0.1",), udp_port=self.port))
+
+    @asyncTest
+    async def test_sixMembers(self):
+        """
+        Both browsers play each other's picture and hear the aiortc members;
+        the aiortc members hear the browsers; every server-side candidate
+        is the one port, each peer connection has its ufrag there, and the
+        mux dropped nothing.
+        """
+        import aioice.ice
+
+        from tests.test_browser import MEDIA_WAIT
+
+        self.patch(aioice.ice, "get_host_addresses",
+                   lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"])
+        self.patch(aioice.ice, "CONSENT_FAILURES", 1000)  # our busy peers' patience only
+        alice = await self.newPage("alice")
+        await alice.page.fill("#join-name", "Alice")
+        await alice.page.fill("#create-id", "one-port")
+        await alice.page.click("#create-submit")
+        await alice.waitFor("window.ahoy.state.screen === 'room'", "in the room")
+        bob = await self.newPage("bob", room="one-port")
+        await bob.joinRoom("one-port", "Bob")
+        await alice.shareBoth()
+        await bob.shareBoth()
+        peers = []
+        self.addCleanup(lambda: Deferred.fromFuture(asyncio.ensure_future(
+            asyncio.gather(*[p.close() for p in peers]))))
+        names = ["Ann", "Ben", "Cat", "Dan"]
+        robots = []
+        for name in names:
+            robot, joined = await join(self.server.url, "one-port", name)
+            self.clients.append(robot)
+            publisher = Publisher(tag=1, video=False)
+            peers.append(publisher)
+            await publisher.publishVia(robot)
+            robots.append((robot, joined))
+        for robot, joined in robots:
+            for member in joined["members"]:
+                if member["name"] in ("Alice", "Bob"):
+                    subscriber = Subscriber()
+                    peers.append(subscriber)
+                    await subscriber.subscribeVia(robot, member["memberID"], video=False)
+                    await waitFor(lambda s=subscriber: len(s.audio) >= 50, timeout=MEDIA_WAIT,
+                                  what=f"{member['name']}'s audio at an aiortc member")
+        await alice.waitSubscribed("Bob")
+        await bob.waitSubscribed("Alice")
+        await alice.assertVideoPlaying("Bob")
+        await bob.assertVideoPlaying("Alice")
+        for name in names:
+            await alice.waitSubscribed(name)
+            await alice.assertAudioArriving(name)
+        await bob.assertAudioArriving("Dan")
+        engine = self.server.service.engine
+        ports = set()
+        for peer in engine._peers:
+            ports |= candidatePorts(peer.offerSdp)
+        self.assertEqual(ports, {self.port})
+        self.assertEqual(engine.onePort.sizes()["ufrags"], len(engine._peers))
+        self.assertEqual({k: v for k, v in engine.stats()["drops"].items()
+                          if k.startswith("mux")}, {})
