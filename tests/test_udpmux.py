@@ -688,9 +688,9 @@ class BatchTests(TestCase):
 
     def test_sendBatch(self):
         """
-        Copies queued from C buffers go out on flush; a buffer queued again
-        flushes first (it is about to be overwritten); a copy the kernel
-        refuses is counted, the others go.
+        Copies queued from C buffers go out on flush, as they were when
+        queued (the buffer may be written again meanwhile); a copy the
+        kernel refuses is counted, the others go; a full batch flushes.
         """
         from cffi import FFI
 
@@ -704,18 +704,20 @@ class BatchTests(TestCase):
         senders[0](memoryview(b"\0" * 10), to)
         senders[1](memoryview(b"\0" * 20), ("::1", 9))  # not for an IPv4 socket
         senders[2](memoryview(b"\0" * 30), to)
-        self.assertEqual(len(batch), 3)
+        ffi.memmove(buffers[0], b"\7" * 50, 50)  # the session protects its next packet
+        senders[0](memoryview(b"\0" * 11), to)
+        self.assertEqual(len(batch), 4)
         self.assertEqual(batch.flush(), 1)
         self.assertEqual((batch.failed, batch.failedBytes), (1, 20))
         self.assertEqual(refused[0][0], 1)
         self.assertEqual(self.b.recv(100), b"\0" * 10)
         self.assertEqual(self.b.recv(100), b"\2" * 30)
-        senders[0](memoryview(b"\0" * 5), to)
-        senders[0](memoryview(b"\0" * 6), to)  # the same buffer: the first goes now
-        self.assertEqual(len(batch), 1)
-        self.assertEqual(self.b.recv(100), b"\0" * 5)
+        self.assertEqual(self.b.recv(100), b"\7" * 11)
+        for n in range(5):
+            senders[2](memoryview(b"\0" * (n + 1)), to)
+        self.assertEqual(len(batch), 1)  # the fifth flushed the four before it
         batch.flush()
-        self.assertEqual(self.b.recv(100), b"\0" * 6)
+        self.assertEqual([len(self.b.recv(100)) for _ in range(5)], [1, 2, 3, 4, 5])
 
     def test_flushedSoonOutsideARead(self):
         """A copy queued outside the mux's read (a phone, a timer) goes out on the next turn."""

@@ -448,8 +448,8 @@ def zeroCopySender(protect: Callable, sendto: Callable) -> tuple | None:
     can: one thread, no await).  A full socket buffer raises
     C{BlockingIOError} and the packet is dropped instead of queued.  On the
     one UDP port (a L{MuxTransport} with a C{batch}) the copy is queued
-    for C{sendmmsg} instead; the batch is sent before that buffer is
-    written again (L{ahoyconference.media.mmsg.SendBatch}).
+    for C{sendmmsg} instead: moved into the batch's own buffer, sent at the
+    end of the read (L{ahoyconference.media.mmsg.SendBatch}).
 
     @return: C{(srtp, cdata, view, lenPointer, socketSendto)}.
     """

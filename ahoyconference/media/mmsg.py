@@ -8,8 +8,8 @@ with C{ffi.dlopen(None)}, nothing is compiled.  cffi is already there
  - L{Receiver}: every datagram waiting on a socket, up to a batch, in one
    system call.
  - L{SendBatch}: copies queued by the forwarding path (each protected in
-   its subscriber's SRTP session's own buffer, L{hooks.zeroCopySender})
-   go out in one system call per batch.
+   its subscriber's SRTP session's own buffer, L{hooks.zeroCopySender},
+   and moved into the batch's) go out in one system call per batch.
 
 L{available} is C{False} where libc has no such functions or the struct
 layout is not the one declared here (then the mux uses C{recvfrom} and
@@ -152,32 +152,37 @@ class SendBatch:
     """
     Copies waiting to go out on one socket with one C{sendmmsg}.
 
-    Each copy is a C buffer that stays untouched until L{flush} (the
-    subscriber's SRTP session's own buffer; L{queue} flushes first when a
-    buffer is queued twice) and a destination.
+    Each copy is moved into a slot of the batch's own buffer when it is
+    queued (the subscriber's SRTP session's buffer it was protected in is
+    written again by the session's next C{protect}, which may come first),
+    with its destination.  L{flush} sends them; a full batch flushes itself,
+    and so does the next loop turn when a copy was queued outside a read.
 
     @ivar failed: copies the kernel refused (counted, never forwarded).
     @ivar failedBytes: their bytes.
+    @ivar holding: set while the mux hands out what it read (it flushes
+        after); otherwise a queued copy is sent on the next loop turn.
     """
 
     def __init__(self, sock: socket.socket, size: int = 256, loop=None, onRefused=None):
         _load()
+        ffi = _ffi
         self._loop = loop
         self._onRefused = onRefused
         self._scheduled = False
-        #: while set (the mux is handing out what it read), nothing is flushed by itself
         self.holding = False
-        ffi = _ffi
         self._fd = sock.fileno()
         self._size = size
         self._vec = ffi.new("struct mmsghdr[]", size)
         self._iov = ffi.new("struct iovec[]", size)
+        self._data = ffi.new("char[]", size * DATAGRAM)
+        self._slots = [self._data + i * DATAGRAM for i in range(size)]
         for i in range(size):
+            self._iov[i].iov_base = self._slots[i]
             header = self._vec[i].msg_hdr
             header.msg_iov = self._iov + i
             header.msg_iovlen = 1
         self._count = 0
-        self._queued: set[int] = set()
         self._names: dict[tuple, object] = {}
         self.failed = 0
         self.failedBytes = 0
@@ -186,15 +191,16 @@ class SendBatch:
     def sender(self, cdata):
         """
         A C{sendto(view, addr)} for copies protected in C{cdata}: queues
-        C{len(view)} bytes of it for C{addr}.
+        C{len(view)} bytes of it (at most L{DATAGRAM}) for C{addr}.
         """
-        key = int(_ffi.cast("uintptr_t", cdata))
         names = self._names
         iov = self._iov
         vec = self._vec
+        slots = self._slots
+        memmove = _ffi.memmove
 
         def send(view, addr):
-            if key in self._queued or self._count == self._size:
+            if self._count == self._size:
                 self.flush()
             name = names.get(addr)
             if name is None:
@@ -203,13 +209,13 @@ class SendBatch:
                 raw = _packName(addr)
                 name = names[addr] = (_ffi.new("char[]", raw), len(raw))
             i = self._count
-            iov[i].iov_base = cdata
-            iov[i].iov_len = len(view)
+            size = min(len(view), DATAGRAM)
+            memmove(slots[i], cdata, size)
+            iov[i].iov_len = size
             header = vec[i].msg_hdr
             header.msg_name = name[0]
             header.msg_namelen = name[1]
             self._count = i + 1
-            self._queued.add(key)
             if not self.holding and not self._scheduled and self._loop is not None:
                 self._scheduled = True  # queued outside a read (a phone, a timer)
                 self._loop.call_soon(self.flush)
@@ -224,7 +230,6 @@ class SendBatch:
         count, vec = self._count, self._vec
         self._scheduled = False
         self._count = 0
-        self._queued.clear()
         sent = refused = 0
         while sent < count:
             done = _libc.sendmmsg(self._fd, vec + sent, count - sent, MSG_DONTWAIT)
