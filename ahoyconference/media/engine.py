@@ -515,6 +515,7 @@ class AiortcMediaEngine:
         if pair is None:
             _log.warn("no nominated ICE pair for the {what}", what=sub.describe())
             return
+        sub.pair = pair
         sendto, addr = pair
         protect = hooks.srtpProtect(dtls)
         for kind, transceiver in sub.transceivers.items():
@@ -650,19 +651,16 @@ class AiortcMediaEngine:
             if not sub.outs or sub.closed:
                 continue
             pair = hooks.nominatedPair(sub.dtls)
-            if pair is None:
+            if pair is None or pair == sub.pair:
                 continue
+            sub.pair = pair
             sendto, addr = pair
-            moved = False
             for out in sub.outs.values():
-                if out.addr != addr:
-                    out.addr = addr
-                    moved = True
+                out.addr = addr
                 if out.sendto != sendto:
                     out.sendto = sendto
-            if moved:
-                _log.info("{what}: media now goes to the subscriber's new address",
-                          what=sub.describe())
+            _log.info("{what}: media now goes to the subscriber's new address",
+                      what=sub.describe())
 
     def peerConnections(self, memberID=None):
         """Open peer connections, of the server or of one member (L{IMediaEngine})."""

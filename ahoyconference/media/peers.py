@@ -202,6 +202,8 @@ class Subscription(Peer):
     @ivar remb: the subscriber's latest REMB in bit/s, and C{rembTime} when.
     @ivar retransmitBudget: its L{ahoyconference.media.rtcp.RetransmitBudget},
         made at its first NACK.
+    @ivar pair: C{(sendto, addr)} of the nominated ICE pair its outputs send
+        on (the engine follows it when it moves: NAT rebinding).
     """
 
     role = "subscription"
@@ -217,6 +219,7 @@ class Subscription(Peer):
         #: the highest simulcast layer it asked for (0 low .. 2 high)
         self.quality = 2
         self.retransmitBudget = None
+        self.pair = None
 
     def describe(self) -> str:
         """For logs."""
