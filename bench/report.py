@@ -102,7 +102,7 @@ def forwarding(rows, meta) -> list[str]:
         r["_rep"] = seen[key]
         groups[key].append(r)
     configs = sorted({(P, S) for _, P, S in groups}, key=lambda c: (c[0] * c[1], c[0]))
-    order = ("ahoy", "ahoy+patch", "janus")
+    order = ("ahoy", "ahoy-oneport", "ahoy+patch", "janus")
     sfus = sorted({k[0] for k in groups}, key=lambda x: (order.index(x) if x in order else 9, x))
     out.append("| config | SFU | valid runs | forwarded pkt/s | server CPU % (100 = 1 core) "
                "| user / sys % | **server µs CPU per fwd pkt** | loss % (seq gaps) "
@@ -141,6 +141,8 @@ def forwarding(rows, meta) -> list[str]:
     pairs_to_show = [(x, "janus") for x in sfus if x != "janus" and "janus" in sfus]
     if "ahoy" in sfus and "ahoy+patch" in sfus:
         pairs_to_show.append(("ahoy+patch", "ahoy"))
+    if "ahoy" in sfus and "ahoy-oneport" in sfus:
+        pairs_to_show.append(("ahoy-oneport", "ahoy"))
     for num, den in pairs_to_show:
         out += ratio_table(groups, configs, num, den)
     return out, groups

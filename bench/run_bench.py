@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -188,7 +189,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--configs", default="1:1 1:10 2:10 4:10 8:10 4:20", help="P:S list")
     ap.add_argument("--sfus", default="ahoy janus",
-                    help="servers to compare: ahoy, janus, ahoy+patch (needs --patched-root)")
+                    help="servers to compare: ahoy, ahoy-oneport ([ice] udp_port), janus, "
+                         "ahoy+patch (needs --patched-root)")
     ap.add_argument("--base-root", help="run 'ahoy' from this snapshot of ahoyconference/ and "
                     "twisted/ instead of the work tree (a stable baseline for an A/B)")
     ap.add_argument("--patched-root", help="a copy of the project's ahoyconference/ and "
@@ -232,12 +234,17 @@ def main() -> int:
                     elif sfu == "ahoy":
                         p = servers.start_ahoy(shims, mlock=not args.no_mlock,
                                                code_root=args.base_root and os.path.abspath(args.base_root))
+                    elif sfu == "ahoy-oneport":  # [ice] udp_port (issue 16)
+                        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                            u.bind(("127.0.0.1", 0))
+                            udpPort = u.getsockname()[1]
+                        p = servers.start_ahoy(shims, mlock=not args.no_mlock, udp_port=udpPort)
                     elif sfu == "ahoy+patch" and args.patched_root:
                         p = servers.start_ahoy(shims, mlock=not args.no_mlock,
                                                code_root=os.path.abspath(args.patched_root))
                     else:
-                        raise ValueError(f"unknown server {sfu!r} (ahoy, janus, ahoy+patch "
-                                         "with --patched-root)")
+                        raise ValueError(f"unknown server {sfu!r} (ahoy, ahoy-oneport, janus, "
+                                         "ahoy+patch with --patched-root)")
                 except Exception as e:
                     log(f"could not start {sfu}: {e}")
                     meta["notes"].append(f"{sfu} not started: {str(e).splitlines()[0]}")

@@ -113,14 +113,15 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float, log: str) -> No
 
 def start_ahoy(shims: dict, mlock: bool = True, port: int | None = None,
                extra_config: str = "", timeout: float = 30.0,
-               code_root: str | None = None) -> ServerProcess:
+               code_root: str | None = None, udp_port: int = 0) -> ServerProcess:
     """twistd -n ahoyconference on 127.0.0.1:PORT with the bench config
     (tests/serverprocess.py, the one launcher of tests and benchmarks).
 
     C{code_root}: a directory holding another C{ahoyconference/} (and
     C{twisted/plugins/}) to run instead of the project's, e.g. a copy with a
     patch under test applied (it goes first on PYTHONPATH, before the editable
-    install's finder)."""
+    install's finder).  C{udp_port}: all media on that one UDP port
+    (C{--udp-port}; 0: a socket per peer connection)."""
     port = port or free_port()
     env = {}
     if code_root:
@@ -129,7 +130,8 @@ def start_ahoy(shims: dict, mlock: bool = True, port: int | None = None,
     if mlock:
         env["LD_PRELOAD"] = shims["mlock_onfault"]
     proc = ServerProcess.twistd(LAB, AHOY_CONFIG + extra_config, port=port, env=env,
-                                command=[TWISTD], name=f"ahoy-{port}")
+                                command=[TWISTD], name=f"ahoy-{port}",
+                                pluginArgs=[f"--udp-port={udp_port}"] if udp_port else [])
     proc.start()
     try:
         proc.waitForPort(timeout)
