@@ -22,7 +22,7 @@ server process does: ICE receive, SRTP both ways, RTCP, timers, the kernel's
 loopback delivery on sendto.
 
 Usage: python bench/quick_forward.py [-P 1] [-S 10] [-T 15] [--warmup 5] [--micro]
-       [--udp off|one|one-plain]
+       [--udp off|one|one-mmsg]
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def serve() -> None:
             pass
 
     installAsyncioExceptionHandler()
-    mode = os.environ.get("AHOY_QF_UDP", "off")  # --udp: off, one, one-plain
+    mode = os.environ.get("AHOY_QF_UDP", "off")  # --udp: off, one, one-mmsg
     udpPort = 0
     if mode != "off":
         import socket
@@ -84,7 +84,7 @@ def serve() -> None:
             udpPort = s.getsockname()[1]
     engine = AiortcMediaEngine(Listener(), IceSettings(host_addresses=("127.0.0.1",),
                                                        udp_port=udpPort), reactor,
-                               batching=mode != "one-plain")
+                               batching=mode == "one-mmsg")
 
     class Commands(LineReceiver):
         delimiter = b"\n"
@@ -400,9 +400,9 @@ def main():
     parser.add_argument("-S", "--subscribers", type=int, default=10)
     parser.add_argument("-T", "--seconds", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=5.0)
-    parser.add_argument("--udp", choices=("off", "one", "one-plain"), default="off",
+    parser.add_argument("--udp", choices=("off", "one", "one-mmsg"), default="off",
                         help="[ice] udp_port: off (a socket per peer connection), one (one "
-                             "port, recvmmsg/sendmmsg), one-plain (one port, recvfrom/sendto)")
+                             "port, recvfrom/sendto), one-mmsg (one port, recvmmsg/sendmmsg)")
     parser.add_argument("--micro", action="store_true",
                         help="also time the bare fast path in-process")
     args = parser.parse_args()

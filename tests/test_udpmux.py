@@ -254,6 +254,7 @@ class PlainDemuxTests(DemuxTests):
 
     def test_plain(self):
         self.assertIsNone(self.mux.batch)
+        self.assertIsNone(UdpMux("127.0.0.1", 0, self.drops.append, lambda *a: None).batch)
 
 
 class ConfigTests(TestCase):
@@ -342,6 +343,8 @@ def throughRelay(offer: str, relay: Relay, port: int) -> str:
 class OnePortEngineTests(EngineTestMixin, TestCase):
     """The engine with C{udp_port}: media, rebinding, hostile datagrams, no leak."""
 
+    batching = False
+
     def setUp(self):
         from twisted.internet import reactor
 
@@ -352,7 +355,7 @@ class OnePortEngineTests(EngineTestMixin, TestCase):
         self.listener = RecordingListener()
         self.engine = AiortcMediaEngine(
             self.listener, IceSettings(host_addresses=("127.0.0.1",), udp_port=self.port),
-            reactor, iceTimeout=self.iceTimeout)
+            reactor, iceTimeout=self.iceTimeout, batching=self.batching)
         self.clients = []
         self.addCleanup(self._closeAll)
 
@@ -488,6 +491,18 @@ class OnePortEngineTests(EngineTestMixin, TestCase):
         seen = len({n for t, n, ok in subscriber.frames})
         await waitFor(lambda: len({n for t, n, ok in subscriber.frames}) >= seen + 10,
                       what="pictures after the attack")
+
+
+class BatchedEngineTests(OnePortEngineTests):
+    """The same with C{recvmmsg}/C{sendmmsg} (L{mmsg}; off by default)."""
+
+    batching = True
+
+    def setUp(self):
+        if not mmsg.available():
+            raise SkipTest("no recvmmsg/sendmmsg here")
+        super().setUp()
+        self.assertIsNotNone(self.engine.onePort.muxes[0].batch)
 
 
 # -- a server process: one UDP socket ---------------------------------------------

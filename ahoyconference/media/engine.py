@@ -114,7 +114,7 @@ class AiortcMediaEngine:
     def __init__(self, listener: IMediaListener, ice: IceSettings, clock, iceTimeout: float = 30.0,
                  *, pliInterval: float = 0.3, reportInterval: float = 1.0,
                  nackPublishers: bool = True, simulcast: bool = True,
-                 batching: bool = True):
+                 batching: bool = False):
         """
         @param listener: told of media availability and speaking changes.
         @param ice: the C{[ice]} settings.
@@ -131,7 +131,9 @@ class AiortcMediaEngine:
             client asks for it (C{[media] simulcast},
             L{ahoyconference.media.simulcast}).
         @param batching: on the one UDP port, C{recvmmsg}/C{sendmmsg} where
-            the system has them (L{ahoyconference.media.mmsg}).
+            the system has them (L{ahoyconference.media.mmsg}); off by
+            default: measured no cheaper than C{recvfrom}/C{sendto} from
+            Python (bench/RESULTS.md).
         @raise hooks.HookMismatch: the installed aiortc, aioice or pylibsrtp
             no longer fit the private hooks.
         @raise ahoyconference.media.udpmux.PortUnavailable: C{[ice] udp_port}

@@ -144,7 +144,7 @@ class UdpMux:
     """
 
     def __init__(self, host: str, port: int, onDropped: Callable[[str], None],
-                 onError: Callable[[str, Exception], None], batching: bool = True):
+                 onError: Callable[[str, Exception], None], batching: bool = False):
         self._batching = batching and mmsg.available()
         self._receiver = None
         self.batch = None
@@ -377,7 +377,7 @@ class OnePort:
     """
 
     def __init__(self, hosts: tuple[str, ...], port: int, onDropped: Callable[[str], None],
-                 onError: Callable[[str, Exception], None], batching: bool = True):
+                 onError: Callable[[str, Exception], None], batching: bool = False):
         self.muxes = [UdpMux(host, port, onDropped, onError, batching) for host in hosts]
 
     def start(self) -> None:
