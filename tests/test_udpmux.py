@@ -27,6 +27,7 @@ from ahoyconference.media import mmsg, udpmux
 from ahoyconference.media.engine import AiortcMediaEngine
 from ahoyconference.media.udpmux import OnePort, PortUnavailable, UdpMux
 from tests import test_browser
+from tests import test_media_engine as _engineTests
 from tests.helpers import asyncTest, createAndJoin, join
 from tests.mediaclients import Publisher, Subscriber, waitFor
 from tests.serverprocess import ServerProcess
@@ -491,6 +492,32 @@ class OnePortEngineTests(EngineTestMixin, TestCase):
         seen = len({n for t, n, ok in subscriber.frames})
         await waitFor(lambda: len({n for t, n, ok in subscriber.frames}) >= seen + 10,
                       what="pictures after the attack")
+
+
+class OnePortMixin:
+    """The engine tests' engine, on one UDP port."""
+
+    def setUp(self):
+        from twisted.internet import reactor
+
+        super().setUp()
+        unused = self.engine  # the mixin's own, on sockets of their own
+        self.addCleanup(lambda: unused.close())
+        self.engine = AiortcMediaEngine(
+            self.listener, IceSettings(host_addresses=("127.0.0.1",), udp_port=freeUdpPort()),
+            reactor, iceTimeout=self.iceTimeout)
+
+
+class OnePortForwardingTests(OnePortMixin, _engineTests.ForwardingTests):
+    """L{tests.test_media_engine.ForwardingTests} on one port."""
+
+
+class OnePortLifecycleTests(OnePortMixin, _engineTests.LifecycleTests):
+    """
+    L{tests.test_media_engine.LifecycleTests} on one port: a publisher that
+    goes away, renegotiates (a new peer connection: a new ufrag on the same
+    port), publishers kept apart.
+    """
 
 
 class BatchedEngineTests(OnePortEngineTests):
