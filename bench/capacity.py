@@ -31,7 +31,7 @@ A step is carried when every room came up, the packets lost (sequence gaps
 at the subscribers) are at most --loss-tolerance % (default 0.1 %, not 0:
 the window's two edges cut a few packets in flight), and the load generator
 kept up (no loop lag > 250 ms, no publisher schedule reset, no kernel drop
-on its sockets, and the subscribers received what was sent x S, within 1 %,
+on its sockets, and the subscribers received what was sent x S, within 2 %,
 apart from the sequence gaps).  Loss with kernel drops on the target's own
 sockets is the target's.  A step that fails on the load generator's side
 says so: the target's figure is then a lower bound.  A step not carried is
@@ -68,7 +68,7 @@ import servers  # noqa: E402
 PY = servers.VENV_PY
 REDIS = "/usr/bin/redis-server"
 LOOP_LAG_MAX_MS = 250.0
-SHORTFALL_MAX_PCT = 1.0
+SHORTFALL_MAX_PCT = 2.0
 NODE_SATURATED_PCT = 90.0
 """An AhoyConference node is one Python thread: at this share of one core it is saturated."""
 
@@ -281,6 +281,32 @@ class Workers:
 
 # -- sampling --------------------------------------------------------------------------
 
+class StallProbe:
+    """How late a thread of this process wakes from 10 ms sleeps: the machine's
+    own stalls (scheduling, the hypervisor), whatever the targets do."""
+
+    def __init__(self, period: float = 0.01):
+        self.period = period
+        self.worst = 0.0
+        self.late = 0            # wake-ups later than 100 ms
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.monotonic()
+            time.sleep(self.period)
+            lag = time.monotonic() - t - self.period
+            self.worst = max(self.worst, lag)
+            self.late += lag > 0.1
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(1)
+        return {"max_ms": round(1e3 * self.worst, 1), "over_100ms": self.late}
+
+
 def metrics(url: str) -> dict:
     """AhoyConference's counters of the packet path (GET /metrics, loopback)."""
     if not url.startswith("http://127.0.0.1:"):
@@ -291,7 +317,8 @@ def metrics(url: str) -> dict:
     for line in text.splitlines():
         if line.startswith(("ahoy_forwarded_packets", "ahoy_dropped_packets", "ahoy_send_errors",
                             "ahoy_media_errors", "ahoy_retransmitted_packets",
-                            "ahoy_keyframe_requests_sent", "ahoy_nacks_received")):
+                            "ahoy_keyframe_requests_sent", "ahoy_nacks_received",
+                            "ahoy_publisher_")):
             name, _, value = line.rpartition(" ")
             out[name.replace("_total", "")] = float(value)
     return out
@@ -346,11 +373,13 @@ def run_step(target: Target, R: int, args, everyone: list[int], attempt: int) ->
             return rec
         time.sleep(args.warmup)
         a = sample(target, everyone, w)
+        probe = StallProbe()
         w.broadcast(cmd="start")
         w.collect("started", nworkers, 20)
         time.sleep(args.seconds)
         w.broadcast(cmd="stop")
         b = sample(target, everyone, w)
+        rec["machine_stalls"] = probe.stop()
         results = w.collect("result", nworkers, 60)
     except Exception as e:
         rec["limit"] = rec["limit"] or "setup"
@@ -630,12 +659,12 @@ def summary(records: list[dict], args) -> str:
     lines = [f"### Every step (S = {args.subs} subscribers per room, T = {args.seconds:g} s)", "",
              "| rooms | target | attempt | fwd pkt/s | loss % | server CPU % (per process) | "
              "redis % | µs/pkt | load gen. CPU % | other CPU % | machine % of 2 cores | "
-             "rooms per node | carried | limit / notes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "worst machine stall ms | rooms per node | carried | limit / notes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         if r.get("seconds") is None:
             lines.append(f"| {r['rooms']} | {r['target']} | {r['attempt']} | – | – | – | – | – | – | "
-                         f"– | – | – | no | {r['limit']}: {'; '.join(r['notes'])} |")
+                         f"– | – | – | – | no | {r['limit']}: {'; '.join(r['notes'])} |")
             continue
         lines.append(
             f"| {r['rooms']} | {r['target']} | {r['attempt']} | {r['fwd_pps']:.0f} | "
@@ -643,6 +672,7 @@ def summary(records: list[dict], args) -> str:
             f"({' + '.join(str(v) for v in r['server_cpu_pct_by_pid'].values())}) | "
             f"{r['redis_cpu_pct'] if r['target'] == '2nodes' else '–'} | {r['server_us_per_fwd_pkt']} | "
             f"{r['loadgen_cpu_pct']} | {r['other_cpu_pct']} | {r['machine_cpu_pct_of_all_cores']} | "
+            f"{r.get('machine_stalls', {}).get('max_ms', '–')} | "
             f"{' / '.join(str(v) for v in r['rooms_per_node'].values())} | "
             f"{'yes' if r['carried'] else 'no'} | "
             f"{(r['limit'] or '') + (': ' if r['limit'] and r['notes'] else '') + '; '.join(r['notes'])} |")
