@@ -467,8 +467,9 @@ def verdict(rec: dict, args) -> None:
     loss = rec["loss_pct_seq_gaps"]
     if (rec["shortfall_pct"] is not None and loss is not None
             and abs(rec["shortfall_pct"] - loss) > SHORTFALL_MAX_PCT):
-        generator.append(f"received {rec['shortfall_pct']:.2f} % fewer than sent x S, "
-                         f"{loss:.2f} % by sequence gaps: a backlog")
+        short = rec["shortfall_pct"]
+        generator.append(f"received {abs(short):.2f} % {'fewer' if short > 0 else 'more'} than "
+                         f"sent x S, {loss:.2f} % lost by sequence gaps: a backlog")
     lost = loss is None or loss > args.loss_tolerance
     server_drops = rec["udp_drops"]["server"]
     hot = [pid for pid, p in rec["server_cpu_pct_by_pid"].items() if p >= NODE_SATURATED_PCT]
@@ -681,8 +682,11 @@ def summary(records: list[dict], args) -> str:
               "server CPU % | load gen. CPU % | other CPU % | machine % | next step: what stopped it |",
               "|---|---|---|---|---|---|---|---|"]
     figures = {}
+    lower = []          # targets whose figure the load generator bounded
     for name in args.targets.split():
         ok, stop = best(records, name)
+        if stop is not None and stop["limit"] == "load generator":
+            lower.append(name)
         nxt = "–" if stop is None else (f"R={stop['rooms']}: {stop['limit']}"
                                         + (f" ({'; '.join(stop['notes'])})" if stop["notes"] else ""))
         if ok is not None and ok["limit"]:
@@ -719,6 +723,10 @@ def summary(records: list[dict], args) -> str:
                      f"**{figures['2nodes'] / figures['1node']:.2f}**")
     if "2nodes" in figures and "janus" in figures:
         lines.append(f"2 nodes / Janus: **{figures['2nodes'] / figures['janus']:.2f}**")
+    if lower:
+        lines.append(f"Lower bounds (the next step failed on the load generator's side, not "
+                     f"the target's): {', '.join(lower)}; a ratio with one of them in the "
+                     f"denominator says nothing about the target.")
     lines.append("")
     return "\n".join(lines) + "\n"
 
