@@ -148,8 +148,10 @@ def start_targets(args) -> dict[str, Target]:
     mlock = not args.no_mlock
     targets: dict[str, Target] = {}
     for name in args.targets.split():
-        if name == "1node":
-            p = servers.start_ahoy(shims, mlock=mlock)
+        if name in ("1node", "1node+rcvbuf"):
+            # +rcvbuf: an A/B with 4 MiB UDP receive buffers (bench/shims/udp_rcvbuf.c)
+            p = servers.start_ahoy(shims, mlock=mlock, preload=(shims["udp_rcvbuf"],)
+                                   if name.endswith("+rcvbuf") else ())
             STARTED.append(p)
             targets[name] = Target(name, "ahoy", p.url, [p], gap=args.create_gap_single)
         elif name == "2nodes":
@@ -171,7 +173,7 @@ def start_targets(args) -> dict[str, Target]:
             STARTED.append(p)
             targets[name] = Target(name, "janus", p.url, [p], gap=args.create_gap_single)
         else:
-            raise SystemExit(f"unknown target {name!r} (1node, 2nodes, janus)")
+            raise SystemExit(f"unknown target {name!r} (1node, 2nodes, janus, 1node+rcvbuf)")
         t = targets[name]
         log(f"{name}: pids {t.pids}{' + redis ' + str(t.redis.pid) if t.redis else ''}, {t.url}")
     return targets
@@ -502,7 +504,9 @@ def main() -> int:
     ap.add_argument("-S", "--subs", type=int, default=4, help="subscribers per room")
     ap.add_argument("-T", "--seconds", type=float, default=10.0, help="measurement window")
     ap.add_argument("--warmup", type=float, default=3.0)
-    ap.add_argument("--targets", default="1node 2nodes janus", help="in this order at every step")
+    ap.add_argument("--targets", default="1node 2nodes janus",
+                    help="in this order at every step; also 1node+rcvbuf (an A/B: the same "
+                    "server with 4 MiB UDP receive buffers, bench/shims/udp_rcvbuf.c)")
     ap.add_argument("--loss-tolerance", type=float, default=0.1,
                     help="packets lost (seq gaps) a carried step may have, %%")
     ap.add_argument("--retries", type=int, default=1,
