@@ -61,7 +61,7 @@ def build_shims() -> dict:
     """Compile the LD_PRELOAD shims (bench/shims/*.c) into LAB; return their paths."""
     os.makedirs(LAB, exist_ok=True)
     out = {}
-    for name in ("lo_ifaddrs", "mlock_onfault"):
+    for name in ("lo_ifaddrs", "mlock_onfault", "udp_rcvbuf"):
         src = os.path.join(HERE, "shims", name + ".c")
         so = os.path.join(LAB, name + ".so")
         if not os.path.exists(so) or os.path.getmtime(src) > os.path.getmtime(so):
@@ -113,7 +113,8 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float, log: str) -> No
 
 def start_ahoy(shims: dict, mlock: bool = True, port: int | None = None,
                extra_config: str = "", timeout: float = 30.0,
-               code_root: str | None = None, udp_port: int = 0) -> ServerProcess:
+               code_root: str | None = None, udp_port: int = 0,
+               preload: tuple = ()) -> ServerProcess:
     """twistd -n ahoyconference on 127.0.0.1:PORT with the bench config
     (tests/serverprocess.py, the one launcher of tests and benchmarks).
 
@@ -121,14 +122,17 @@ def start_ahoy(shims: dict, mlock: bool = True, port: int | None = None,
     C{twisted/plugins/}) to run instead of the project's, e.g. a copy with a
     patch under test applied (it goes first on PYTHONPATH, before the editable
     install's finder).  C{udp_port}: all media on that one UDP port
-    (C{--udp-port}; 0: a socket per peer connection)."""
+    (C{--udp-port}; 0: a socket per peer connection).  C{preload}: more
+    shims (paths) to LD_PRELOAD, e.g. C{shims["udp_rcvbuf"]} for an A/B of
+    larger socket buffers."""
     port = port or free_port()
     env = {}
     if code_root:
         env["PYTHONPATH"] = code_root + os.pathsep + ROOT + (
             os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
-    if mlock:
-        env["LD_PRELOAD"] = shims["mlock_onfault"]
+    libs = ([shims["mlock_onfault"]] if mlock else []) + list(preload)
+    if libs:
+        env["LD_PRELOAD"] = " ".join(libs)
     proc = ServerProcess.twistd(LAB, AHOY_CONFIG + extra_config, port=port, env=env,
                                 command=[TWISTD], name=f"ahoy-{port}",
                                 pluginArgs=[f"--udp-port={udp_port}"] if udp_port else [])
