@@ -15,6 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from twisted.web.resource import Resource
 
 from ahoyconference.interfaces import Role
+from ahoyconference.sockdrops import DropWatch
 
 
 class ServiceCollector:
@@ -22,6 +23,7 @@ class ServiceCollector:
 
     def __init__(self, service):
         self.service = service
+        self._udpDrops = DropWatch()
 
     def collect(self):
         """Yield every metric family, read now."""
@@ -55,6 +57,13 @@ class ServiceCollector:
         yield CounterMetricFamily("ahoy_dropped_packets", "Incoming RTP/RTCP packets dropped.",
                                   value=stats.get("dropped_packets", 0))
         yield from _mediaCounters(stats)
+        udpDrops = self._udpDrops.check()
+        if udpDrops is not None:
+            yield GaugeMetricFamily(
+                "ahoy_udp_receive_drops",
+                "Datagrams the kernel dropped on the UDP sockets open now (receive buffer "
+                "full: not read fast enough); grows only, on one UDP port.",
+                value=udpDrops)
         joins = CounterMetricFamily("ahoy_joins", "Successful joins, by role.", labels=["role"])
         for role in Role:
             joins.add_metric([role.label], service.counters["joins"][role.label])
