@@ -16,6 +16,9 @@ implements.  The service makes its engine from a factory it is given
 (C{makeEngine(listener) -> IMediaEngine}), passing itself as the listener,
 so the engine has what it calls from its construction on and neither needs
 to be set on the other afterwards (docs/architecture.md, "Layers").
+
+Over 400 lines on purpose: every interface the parts are written against is
+here, so that one file says what a policy, an engine and a directory must do.
 """
 
 from __future__ import annotations

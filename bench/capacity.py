@@ -11,6 +11,10 @@ noise hits them alike.  A target leaves the ladder at its first step that it
 does not carry; the run ends when every target has left or --budget-min is
 used up.
 
+Over 400 lines on purpose: the ladder, the three targets' start and stop, and
+the verdict of each step are one run that must stop what it started (by PID)
+however it ends; bench/capworker.py holds the load generator's side.
+
  - Every server is started once, here, on 127.0.0.1 only (bench/servers.py:
    the bench config, Janus with bench/janus/; a local redis-server for (b)),
    and stopped by its own PID at the end, also on Ctrl-C / SIGTERM.

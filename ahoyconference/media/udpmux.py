@@ -28,6 +28,9 @@ unknown address (DTLS, SRTP, junk, STUN for an unknown ufrag or
 transaction) is dropped and counted, so no packet from an unknown address
 ever reaches a member's DTLS or SRTP state.  A connection's ufrag and
 addresses are forgotten when aioice closes its transport.
+
+Over 400 lines on purpose: the demultiplexer and its address book are one
+state (which address belongs to which connection), checked in one place.
 """
 
 from __future__ import annotations
