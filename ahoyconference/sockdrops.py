@@ -27,9 +27,10 @@ _log = logger(__name__)
 PROC = "/proc"
 
 
-def _socketInodes(proc: str) -> set[str]:
+def socketInodes(pid: int | str = "self", proc: str = PROC) -> set[str]:
+    """The inodes of the sockets process C{pid} holds (from its C{fd} links)."""
     inodes = set()
-    fdDir = os.path.join(proc, "self", "fd")
+    fdDir = os.path.join(proc, str(pid), "fd")
     try:
         names = os.listdir(fdDir)
     except OSError:
@@ -49,7 +50,7 @@ def udpDrops(proc: str = PROC) -> int | None:
     The kernel's drop counts summed over this process's UDP sockets, or
     C{None} where C{/proc} does not say (not Linux).
     """
-    inodes = _socketInodes(proc)
+    inodes = socketInodes("self", proc)
     total = 0
     found = False
     for table in ("udp", "udp6"):

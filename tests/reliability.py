@@ -15,6 +15,8 @@ from asyncio import selector_events
 
 from twisted.logger import globalLogPublisher
 
+from ahoyconference.sockdrops import socketInodes
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -43,22 +45,9 @@ def guardDatagrams(testCase) -> list[tuple[str, int, int]]:
     return refused
 
 
-def _socketInodes(pid: str) -> set[str]:
-    inodes = set()
-    base = f"/proc/{pid}/fd"
-    for name in os.listdir(base):
-        try:
-            target = os.readlink(os.path.join(base, name))
-        except OSError:  # closed meanwhile
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
-
-
 def udpSockets(pid: int | str = "self") -> int:
     """How many UDP sockets (IPv4 and IPv6) the process has open."""
-    mine = _socketInodes(str(pid))
+    mine = socketInodes(pid)
     count = 0
     for table in ("udp", "udp6"):
         try:

@@ -19,6 +19,23 @@ from tests.mediaclients import Publisher, Subscriber, waitFor
 from tests.test_media_engine import loopbackOnly
 
 
+async def mediaServer(testCase) -> tuple[Server, list]:
+    """
+    A server with the aiortc engine, and a list for the test's peers: the
+    peers, then the server, are closed when the test ends.
+    """
+    server = await Server(engine="aiortc").start()
+    peers: list = []
+
+    async def cleanup():
+        for peer in peers:
+            await peer.close()
+        await server.stop()
+
+    testCase.addCleanup(lambda: Deferred.fromFuture(asyncio.ensure_future(cleanup())))
+    return server, peers
+
+
 class MediaThroughServerTests(TestCase):
     """Share, subscribe, see and hear, moderator mute, speaking, leave."""
 
@@ -35,15 +52,7 @@ class MediaThroughServerTests(TestCase):
         moderator's mute stops her video for him; when she leaves, the engine
         frees her peer connection.
         """
-        server = await Server(engine="aiortc").start()
-        peers = []
-
-        async def cleanup():
-            for peer in peers:
-                await peer.close()
-            await server.stop()
-
-        self.addCleanup(lambda: Deferred.fromFuture(asyncio.ensure_future(cleanup())))
+        server, peers = await mediaServer(self)
         engine = server.service.engine
         alice, joinedAlice = await createAndJoin(server.url, "room", "alice")
         bob, _ = await join(server.url, "room", "bob")
@@ -132,15 +141,7 @@ class QualityInPlaceTests(TestCase):
         is); the same request again, or one for other kinds, is a
         replacement with a new offer, as before.
         """
-        server = await Server(engine="aiortc").start()
-        peers = []
-
-        async def cleanup():
-            for peer in peers:
-                await peer.close()
-            await server.stop()
-
-        self.addCleanup(lambda: Deferred.fromFuture(asyncio.ensure_future(cleanup())))
+        server, peers = await mediaServer(self)
         engine = server.service.engine
         alice, joinedAlice = await createAndJoin(server.url, "room", "alice")
         bob, joinedBob = await join(server.url, "room", "bob")
@@ -216,14 +217,9 @@ class MdnsCandidateTests(TestCase):
     async def test_publishWithOnlyMdnsCandidates(self):
         import re
 
-        server = await Server(engine="aiortc").start()
+        server, peers = await mediaServer(self)
         publisher = Publisher(tag=5)
-
-        async def cleanup():
-            await publisher.close()
-            await server.stop()
-
-        self.addCleanup(lambda: Deferred.fromFuture(asyncio.ensure_future(cleanup())))
+        peers.append(publisher)
         alice, joined = await createAndJoin(server.url, "room", "alice")
         bob, _ = await join(server.url, "room", "bob")
         await alice.request("MEDIA_SHARE_request", audio=True, video=True)
