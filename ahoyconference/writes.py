@@ -90,6 +90,10 @@ def writeThrough(transport, data: bytes) -> int:
     return 0
 
 
+def _joined(frames: list[bytes]) -> bytes:
+    return frames[0] if len(frames) == 1 else b"".join(frames)
+
+
 class Coalescer:
     """
     Frames for each connection, held until the reactor's next turn and then
@@ -121,7 +125,7 @@ class Coalescer:
         """
         frames = self._pending.pop(transport, None)
         if frames:
-            writeThrough(transport, frames[0] if len(frames) == 1 else b"".join(frames))
+            writeThrough(transport, _joined(frames))
 
     def flush(self) -> None:
         """Write everything held, one write per connection."""
@@ -129,6 +133,6 @@ class Coalescer:
         pending, self._pending = self._pending, {}
         for transport, frames in pending.items():
             try:
-                writeThrough(transport, frames[0] if len(frames) == 1 else b"".join(frames))
+                writeThrough(transport, _joined(frames))
             except Exception:
                 _log.failure("error writing to a connection")

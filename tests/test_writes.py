@@ -6,6 +6,7 @@ connections on 127.0.0.1.
 from __future__ import annotations
 
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
@@ -122,3 +123,35 @@ class WriteThroughTests(unittest.TestCase):
         transport.loseConnection()
         self.assertEqual(writes.writeThrough(transport, b"late"), 0)
         yield _until(lambda: not transport.connected)
+
+
+class CoalescerTests(unittest.TestCase):
+    """Frames held for one turn, then one write per connection, in order."""
+
+    def test_oneWritePerConnection(self):
+        clock = Clock()
+        coalescer = writes.Coalescer(clock.callLater)
+        one, two = StringTransport(), StringTransport()
+        calls = []
+        self.patch(one, "write", lambda data, w=one.write: (calls.append(data), w(data)))
+        for frame in (b"a", b"b", b"c"):
+            coalescer.write(one, frame)
+        coalescer.write(two, b"x")
+        self.assertEqual((one.value(), two.value()), (b"", b""))
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(0)
+        self.assertEqual((one.value(), two.value()), (b"abc", b"x"))
+        self.assertEqual(calls, [b"abc"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_flushOne(self):
+        """What is held for a connection goes out at once (before a close frame)."""
+        clock = Clock()
+        coalescer = writes.Coalescer(clock.callLater)
+        one, two = StringTransport(), StringTransport()
+        coalescer.write(one, b"held")
+        coalescer.write(two, b"other")
+        coalescer.flushOne(one)
+        self.assertEqual((one.value(), two.value()), (b"held", b""))
+        clock.advance(0)
+        self.assertEqual((one.value(), two.value()), (b"held", b"other"))
