@@ -183,6 +183,16 @@ def _mediaCounters(stats: dict):
     for direction in ("up", "down"):
         switches.add_metric([direction], stats.get(f"simulcast_switches_{direction}", 0))
     yield switches
+    probes = CounterMetricFamily("ahoy_simulcast_probes",
+                                 "Tries of a simulcast subscriber's link with padding at the "
+                                 "next layer's bitrate, by outcome (held: it went up).",
+                                 labels=["outcome"])
+    for outcome in ("held", "failed"):
+        probes.add_metric([outcome], stats.get(f"simulcast_probes_{outcome}", 0))
+    yield probes
+    yield CounterMetricFamily("ahoy_simulcast_padding_packets",
+                              "Padding packets sent to simulcast subscribers to try their links.",
+                              value=stats.get("simulcast_padding_packets", 0))
     yield GaugeMetricFamily("ahoy_simulcast_publishers",
                             "Publishers whose video comes in simulcast layers.",
                             value=stats.get("simulcast_publishers", 0))

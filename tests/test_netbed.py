@@ -453,18 +453,18 @@ class NetBedTests(TestCase):
         Chromium at home B publishes three layers; Chromium at home A
         watches through a cable that carries 300 kbit/s down, Chromium in
         the office (through TURN) watches without a limit.  Home A holds the
-        low layer on one subscription; the office gets the full size.  The
-        limit is lifted: home A climbs back to the full size within 15 s.
+        low layer on one subscription and, once it settled there, decodes
+        (for 10 s, while the selector tries its link with padding now and
+        then) at least 85 % of the frames the publisher encodes (the fake
+        camera gives 20 frames/s, not 25) with no more than 1 s of freezes
+        in all; the office gets the full size.  The limit is lifted: home A
+        climbs back to the full size within 15 s.
 
-        Home A's frame rate and freezes are written down (artifacts/
-        netbed.json), not asserted: the issue's "no freeze longer than 1 s"
-        is NOT met reliably.  To learn that a link got better the selector
-        now and then tries the next layer up (a receiver's REMB cannot show
-        it); on the 300 kbit/s cable that try fills the router's queue, and
-        going back down waits for a low-layer keyframe behind it: alone this
-        test saw 0.9 s of freezes in 10 s, inside the loaded full suite
-        2.5-5 s (two runs of two).  Probing with padding instead of the
-        picture, as LiveKit and mediasoup do, is what would fix it (not done).
+        The limit comes down on a link that carries the top layer: the
+        router's queue (1 s) fills and the picture freezes until the low
+        layer's keyframe is through; that is the cable being cut, not the
+        steady state the issue asks about, so the window starts once home A
+        had no new freeze for 3 s.
         """
         cable = self.bed.cables["homeA"]
         self.addCleanup(cable.set, down={"rate": 0, "queue": 1_000_000})
@@ -496,7 +496,18 @@ class NetBedTests(TestCase):
             """w => window.ahoy.mediaStats().then(all => all.find(s => s.name === 'publisher'
                    && s.frameWidth > 0 && s.frameWidth <= w) || null)""",
             "receiving the low layer", timeout=MEDIA_WAIT, arg=lowWidth)
-        await asyncio.sleep(3)  # settled on it
+        # settled: for 3 s no new freeze, and frames decoded all along (a
+        # freeze is counted when it ends)
+        settled = time.monotonic()
+        giveUp = settled + 30  # then the window shows the freezes
+        seen = await slow.mediaOf("publisher")
+        while time.monotonic() - settled < 3 and time.monotonic() < giveUp:
+            await asyncio.sleep(0.5)
+            now = await slow.mediaOf("publisher")
+            if (now["freezeCount"] != seen["freezeCount"]
+                    or now["framesDecoded"] - seen["framesDecoded"] < 5):
+                settled = time.monotonic()
+            seen = now
         loop = asyncio.get_event_loop()
         before = await loop.run_in_executor(None, self.bed.metrics)
         first = await slow.mediaOf("publisher")
@@ -518,22 +529,21 @@ class NetBedTests(TestCase):
                    "slow_freeze_seconds": round(freezes, 2),
                    "cable_queue_drops": cable.stats()["down"]["queue_drops"],
                    "switches_in_window": {k: after[k] - before.get(k, 0) for k in after
-                                          if k.startswith("ahoy_simulcast_switches")},
+                                          if k.startswith(("ahoy_simulcast_switches",
+                                                           "ahoy_simulcast_probes",
+                                                           "ahoy_simulcast_padding"))},
                    "slow_bytes_per_second": round((last["videoBytes"] - first["videoBytes"])
                                                   / seconds),
                    "fast_fps": (await fast.mediaOf("publisher"))["framesPerSecond"],
                    "published": encodedLast}
-        # it holds the low layer: a try at the next one up (now and then,
-        # see below) may be what the last sample caught, and comes back down
-        # within seconds (Selector: PROBE_FAILED)
+        # it holds the low layer (tries of its link are padding)
         await slow.poll(
             """w => window.ahoy.mediaStats().then(all => all.some(s => s.name === 'publisher'
                    && s.frameWidth > 0 && s.frameWidth <= w))""",
             "on the low layer", timeout=8, arg=lowWidth)
         self.assertEqual(last["serial"], low["serial"])
-        # decoding goes on at the low layer (the frames' count and freezes
-        # are figures: see the docstring)
-        self.assertGreater(fps, 0, figures)
+        self.assertGreaterEqual(fps, 0.85 * figures["low_encoded_fps"], figures)
+        self.assertLessEqual(freezes, 1.0, figures)
         still = await fast.mediaOf("publisher")
         self.assertGreaterEqual(still["frameWidth"], full["frameWidth"], figures)
 

@@ -15,7 +15,7 @@ from collections import Counter
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from ahoyconference.media import payload, selector
+from ahoyconference.media import payload, probe, selector
 from ahoyconference.media.forward import InStream
 from ahoyconference.media.outstream import OutStream
 from ahoyconference.media.payload import readExtension, vp8Fields
@@ -520,3 +520,284 @@ class ProbeTests(TestCase):
         self.assertEqual(sel.choose(0.5, rates, [True] * 3), 1)
         sel.setEstimate(225_000)  # the receiver saw the delay grow
         self.assertEqual(sel.choose(0.8, rates, [True] * 3), 0)
+
+
+class PaddingTests(TestCase):
+    """L{ahoyconference.media.probe}: the padding packets and their budget."""
+
+    def test_paddingPacket(self):
+        """All payload is padding (P bit, the count in the last octet); the RTX numbering as given."""
+        packet = probe.paddingPacket(97, 0x1FFFF, 0x1_0000_0005, 0xFEED)
+        b0, b1, seq, ts, ssrc = struct.unpack_from("!BBHII", packet)
+        self.assertEqual((b0 & 0xC0, b0 & 0x20, b0 & 0x10), (0x80, 0x20, 0))
+        self.assertEqual((b1, seq, ts, ssrc), (97, 0xFFFF, 5, 0xFEED))
+        self.assertEqual(len(packet) - 12, probe.PAD_OCTETS)
+        self.assertEqual(packet[-1], probe.PAD_OCTETS)
+
+    def test_absSendTime(self):
+        """With an abs-send-time value, the packet carries it (the receiver's estimator reads it)."""
+        packet = probe.paddingPacket(97, 1, 2, 3, absId=3, absSendTime=b"\x12\x34\x56")
+        self.assertEqual(packet[0] & 0x30, 0x30)
+        self.assertEqual(readExtension(packet, 3), b"\x12\x34\x56")
+        self.assertEqual(payload.payloadStart(packet), len(packet) - probe.PAD_OCTETS)
+        self.assertEqual(len(packet), probe.PACKET_OCTETS)
+        # no id, or no value: no extension
+        self.assertEqual(probe.paddingPacket(97, 1, 2, 3, absId=3)[0] & 0x10, 0)
+        self.assertEqual(probe.paddingPacket(97, 1, 2, 3, absSendTime=b"abc")[0] & 0x10, 0)
+
+    def test_budget(self):
+        """Paid out at the rate as packets go by; a pause saves up at most BURST seconds' worth."""
+        budget = probe.PaddingBudget()
+        self.assertEqual(budget.take(0, 400_000), 0)
+        count = sum(budget.take(i / 50, 400_000) for i in range(1, 101))  # 2 s
+        self.assertLessEqual(abs(count * probe.PACKET_OCTETS * 8 / 2 - 400_000),
+                             probe.PACKET_OCTETS * 8)
+        after = budget.take(12, 400_000)  # 10 s without a packet
+        self.assertLessEqual(after * probe.PACKET_OCTETS, 400_000 / 8 * probe.BURST)
+        self.assertLessEqual(budget.take(100, 100_000_000), probe.PER_PACKET_MAX)
+        self.assertEqual(budget.take(101, 0), 0)
+
+
+class PaddedTryTests(TestCase):
+    """
+    A subscriber that takes RTX is tried with padding before it goes up
+    (L{Selector.choose} with C{canPad}); the layer changes only when the
+    try held.
+    """
+
+    rates = [150_000, 450_000, 1_200_000]
+
+    def held(self, estimate=230_000) -> Selector:
+        """A selector on the low layer whose estimate is held down by what it gets."""
+        sel = Selector(2)
+        sel.since = -10
+        sel.layer = type("L", (), {"index": 0})()
+        sel.setEstimate(estimate)
+        return sel
+
+    def test_holds(self):
+        """
+        The padding ramps up to what the next layer needs beyond this one;
+        when that held for PROBE_HOLD, on to the layer above from there;
+        when that held too, up to it (one switch).
+        """
+        sel = self.held()
+        live = [True] * 3
+        self.assertEqual(sel.choose(0, self.rates, live, canPad=True), 0)
+        self.assertIsNone(sel.probing)
+        self.assertEqual(sel.choose(selector.PROBE_DELAY, self.rates, live, canPad=True), 0)
+        self.assertEqual(sel.probing, 1)
+        start = selector.PROBE_DELAY
+        extra = self.rates[1] * selector.HEADROOM - self.rates[0]
+        self.assertEqual(sel.paddingRate(start), 0)
+        self.assertAlmostEqual(sel.paddingRate(start + selector.PROBE_RAMP / 2), extra / 2)
+        self.assertAlmostEqual(sel.paddingRate(start + selector.PROBE_RAMP + 0.1), extra)
+        sel.setEstimate(250_000)  # rising: the link carries it
+        self.assertEqual(sel.choose(start + selector.PROBE_HOLD - 0.1, self.rates, live,
+                                    canPad=True), 0)
+        second = start + selector.PROBE_HOLD
+        self.assertEqual(sel.choose(second, self.rates, live, canPad=True), 0)
+        self.assertEqual((sel.probing, sel.probeHeld), (2, 1))
+        top = self.rates[2] * selector.HEADROOM - self.rates[0]
+        self.assertAlmostEqual(sel.paddingRate(second), extra)
+        self.assertAlmostEqual(sel.paddingRate(second + selector.PROBE_RAMP), top)
+        self.assertEqual(sel.choose(second + selector.PROBE_HOLD, self.rates, live,
+                                    canPad=True), 2)
+        self.assertIsNone(sel.probing)
+        self.assertEqual(sel.paddingRate(second + selector.PROBE_HOLD), 0)
+        self.assertEqual(sel.probes, Counter(held=1))
+
+    def test_holdsPartly(self):
+        """The try of the top layer fails after the middle one held: up to the middle one."""
+        sel = self.held()
+        live = [True] * 3
+        sel.choose(0, self.rates, live, canPad=True)
+        start = selector.PROBE_DELAY
+        sel.choose(start, self.rates, live, canPad=True)
+        sel.choose(start + selector.PROBE_HOLD, self.rates, live, canPad=True)
+        self.assertEqual(sel.probing, 2)
+        sel.setEstimate(200_000)
+        self.assertEqual(sel.choose(start + selector.PROBE_HOLD + 1, self.rates, live,
+                                    canPad=True), 1)
+        self.assertIsNone(sel.probing)
+        self.assertIsNone(sel.probeHeld)
+        # up (at the keyframe): no try of the top layer right after (as
+        # without padding), the estimate's wait comes first
+        up = start + selector.PROBE_HOLD + 1.2
+        sel.layer.index = 1
+        sel.wentUp(up)
+        sel.setEstimate(1_000_000)
+        self.assertEqual(sel.choose(up + selector.PROBE_FAILED + 0.5, self.rates, live,
+                                    canPad=True), 1)
+        self.assertIsNone(sel.probing)
+
+    def test_fails(self):
+        """
+        A decrease of the estimate ends the try: the layer stays (the
+        padding did it, not the picture), the next try waits twice as long.
+        """
+        sel = self.held()
+        live = [True] * 3
+        sel.choose(0, self.rates, live, canPad=True)
+        start = selector.PROBE_DELAY
+        sel.choose(start, self.rates, live, canPad=True)
+        self.assertEqual(sel.probing, 1)
+        sel.setEstimate(200_000)  # the queue grew
+        self.assertEqual(sel.choose(start + 0.8, self.rates, live, canPad=True), 0)
+        self.assertIsNone(sel.probing)
+        self.assertEqual(sel.probes, Counter(failed=1))
+        wait = min(2 * selector.PROBE_DELAY, selector.PADDED_PROBE_MAX)
+        self.assertGreater(wait, selector.PROBE_DELAY)
+        self.assertEqual(sel.probeDelay, wait)
+        self.assertEqual(sel.switches, Counter())
+        # the estimate is still held down: the next try comes after the longer wait
+        t = start + 0.8
+        self.assertEqual(sel.choose(t + 1, self.rates, live, canPad=True), 0)
+        sel.choose(t + wait - 0.1, self.rates, live, canPad=True)
+        self.assertIsNone(sel.probing)
+        sel.choose(t + wait, self.rates, live, canPad=True)
+        self.assertEqual(sel.probing, 1)
+        # failing again: the wait stops growing at PADDED_PROBE_MAX
+        sel.probeFailed(t + wait + 1)
+        self.assertEqual(sel.probeDelay, selector.PADDED_PROBE_MAX)
+
+    def test_queueEndsTry(self):
+        """
+        The round trip grows beyond the link's own by PROBE_QUEUE: the try
+        ends (the estimate need not fall: it was below what the link carries).
+        """
+        sel = self.held()
+        live = [True] * 3
+        for t in (0, 1, 2, 3):
+            sel.setRoundTrip(t, 0.040 + t / 1000)
+        sel.choose(0, self.rates, live, canPad=True)
+        start = selector.PROBE_DELAY
+        sel.choose(start, self.rates, live, canPad=True)
+        self.assertEqual(sel.probing, 1)
+        sel.setRoundTrip(start + 0.3, 0.040 + selector.PROBE_QUEUE - 0.01)
+        self.assertEqual(sel.choose(start + 0.3, self.rates, live, canPad=True), 0)
+        self.assertEqual(sel.probing, 1)
+        sel.setRoundTrip(start + 0.5, 0.040 + selector.PROBE_QUEUE + 0.01)
+        self.assertAlmostEqual(sel.queueing, selector.PROBE_QUEUE + 0.01)
+        self.assertEqual(sel.choose(start + 0.5, self.rates, live, canPad=True), 0)
+        self.assertIsNone(sel.probing)
+        self.assertEqual(sel.probes, Counter(failed=1))
+
+    def test_queueAfterStepUp(self):
+        """A queue of STEP_QUEUE within PROBE_FAILED of a step up: back down, whatever the estimate."""
+        sel = self.held(estimate=600_000)
+        sel.layer.index = 1
+        sel.setRoundTrip(0, 0.030)
+        sel.wentUp(1)
+        sel.setRoundTrip(1.5, 0.030 + selector.STEP_QUEUE + 0.01)
+        self.assertEqual(sel.choose(1.5, self.rates, [True] * 3, canPad=True), 0)
+        # later, a queue is the estimate's business
+        sel.wentUp(2)
+        self.assertEqual(sel.choose(2 + selector.PROBE_FAILED + 0.1, self.rates, [True] * 3,
+                                    canPad=True), 1)
+
+    def test_roundTripWindow(self):
+        """The link's own round trip is the smallest of the last RTT_WINDOW seconds."""
+        sel = Selector(2)
+        self.assertEqual(sel.queueing, 0)
+        sel.setRoundTrip(0, 0.020)
+        sel.setRoundTrip(1, 0.050)
+        self.assertAlmostEqual(sel.queueing, 0.030)
+        sel.setRoundTrip(selector.RTT_WINDOW + 0.5, 0.060)
+        self.assertAlmostEqual(sel.queueing, 0.010)  # 0.020 is too old now
+        sel.setRoundTrip(selector.RTT_WINDOW + 1, -1)  # nonsense: ignored
+        sel.setRoundTrip(selector.RTT_WINDOW + 1, 99)
+        self.assertAlmostEqual(sel.rtt, 0.060)
+
+    def test_lossWindow(self):
+        """Loss is a fraction over LOSS_WINDOW, not over the few packets between two reports."""
+        sel = Selector(2)
+        self.assertEqual(sel.received(0, 0, 1000), (None, False))
+        self.assertEqual(sel.received(0.05, 1, 1002), (None, True))  # one lost: no 50 %
+        self.assertEqual(sel.received(0.5, 1, 1020), (None, False))
+        fraction, grew = sel.received(1.0, 2, 1100)
+        self.assertAlmostEqual(fraction, 0.02)
+        self.assertTrue(grew)
+        fraction, grew = sel.received(2.0, 40, 1200)
+        self.assertAlmostEqual(fraction, 0.38)
+
+    def test_withoutRtx(self):
+        """A subscriber without RTX is tried with the layer itself, as before."""
+        sel = self.held()
+        sel.choose(0, self.rates, [True] * 3)
+        self.assertEqual(sel.choose(selector.PROBE_DELAY, self.rates, [True] * 3), 1)
+        self.assertIsNone(sel.probing)
+
+
+class PaddedLayerTests(TestCase):
+    """Padding through the layers: sent on the subscriber's RTX stream, stopped by a NACK."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.pub = Publisher(self.clock)
+        self.pub.run(1)
+        self.sent: list[bytes] = []
+        self.out = OutStream("video", 0xABCDEF, {VP8: 120}, {120: 121}, 0xFACE, ord("9"),
+                             lambda data: data,
+                             lambda data, addr: self.sent.append(data), ("127.0.0.1", 1))
+        self.out.sim = Selector(2)
+        self.pub.main.attach(self.out)
+        self.pub.run(3)
+        self.assertEqual(self.out.rtxPt, 121)
+        self.assertEqual(self.out.sim.layer.rid, "h")
+        rates = [layer.rate for layer in self.pub.video.layers]
+        self.pub.video.estimate(self.out, rates[2] * 2)
+        self.pub.video.estimate(self.out, rates[0] * 1.2)  # falls: down to l
+        self.pub.run(1)
+        self.assertEqual(self.out.sim.layer.rid, "l")
+        self.pub.video.estimate(self.out, rates[0] * 1.5)  # held down by what it gets
+        self.sent.clear()
+
+    def padding(self) -> list[bytes]:
+        return [p for p in self.sent if struct.unpack_from("!I", p, 8)[0] == 0xFACE]
+
+    def test_tryAndGoUp(self):
+        """
+        Padding on the RTX SSRC, up to what the middle layer and then the
+        top one need; both held: the top layer itself.
+        """
+        self.pub.run(selector.PROBE_DELAY + 2.5)  # the ticks are a second apart
+        self.assertEqual(self.out.sim.probing, 1)
+        self.assertEqual(self.out.sim.layer.rid, "l")
+        self.pub.run(selector.PROBE_HOLD)
+        self.assertEqual(self.out.sim.probing, 2)
+        self.assertEqual(self.out.sim.layer.rid, "l")
+        self.pub.run(selector.PROBE_HOLD + 1.5)
+        padding = self.padding()
+        self.assertTrue(padding)
+        self.assertTrue(all(p[0] & 0x20 and p[1] & 0x7F == 121 for p in padding))
+        seqs = [struct.unpack_from("!H", p, 2)[0] for p in padding]
+        self.assertEqual(seqs, [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))])
+        self.assertEqual(self.out.sim.layer.rid, "h")
+        self.assertEqual(self.pub.counters["simulcast_probes_held"], 1)
+        self.assertEqual(self.pub.counters["simulcast_switches_up"], 1)
+        self.assertEqual(self.pub.counters["simulcast_padding_packets"], len(padding))
+        rates = [layer.rate for layer in self.pub.video.layers]
+        # no more than the top layer's extra rate over the two tries
+        self.assertLessEqual(len(padding) * probe.PACKET_OCTETS * 8,
+                             (rates[2] * selector.HEADROOM - rates[0])
+                             * 2 * (selector.PROBE_HOLD + 1))
+        self.assertEqual(self.pub.video.layers[0].padded, [])
+
+    def test_nackEndsTry(self):
+        """A NACK while trying: the padding stops at once, the layer stays."""
+        self.pub.run(selector.PROBE_DELAY + 2.5)  # the ticks are a second apart
+        self.assertEqual(self.out.sim.probing, 1)
+        self.pub.video.nacked(self.out)
+        self.assertIsNone(self.out.sim.probing)
+        self.assertEqual(self.pub.counters["simulcast_probes_failed"], 1)
+        before = len(self.padding())
+        self.pub.run(1)
+        self.assertEqual(len(self.padding()), before)
+        self.assertEqual(self.out.sim.layer.rid, "l")
+        self.assertEqual(self.pub.counters["simulcast_switches_up"], 0)
+
+    def test_detachStopsPadding(self):
+        self.pub.run(selector.PROBE_DELAY + 2.5)  # the ticks are a second apart
+        self.pub.main.detach(self.out)
+        self.assertEqual([layer.padded for layer in self.pub.video.layers], [[], [], []])

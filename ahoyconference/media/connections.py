@@ -136,6 +136,9 @@ class PeerConnections:
             return
         peer.closed = True
         self._cancelIceTimer(peer)
+        call = getattr(peer, "probeReportCall", None)
+        if call is not None and call.active():
+            call.cancel()
         if isinstance(peer, PublisherConnection):
             peer.releaseSockets()
         future = asyncio.ensure_future(peer.pc.close())

@@ -345,7 +345,8 @@ class AiortcMediaEngine:
                 target = self._media.simulcast(memberID, media.rids,
                                                media.extensions.get(_sdp.RID_URI, 0),
                                                media.extensions.get(_sdp.RRID_URI, 0),
-                                               self._countDrop, self.counters)
+                                               self._countDrop, self.counters,
+                                               media.extensions.get(_sdp.ABS_SEND_TIME_URI, 0))
                 for layer in target.layers:
                     layer.configure(media.codecs, media.clockRates,
                                     media.extensions.get(_sdp.MID_URI, 0), 0)

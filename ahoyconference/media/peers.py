@@ -204,6 +204,9 @@ class Subscription(Peer):
         made at its first NACK.
     @ivar pair: C{(sendto, addr)} of the nominated ICE pair its outputs send
         on (the engine follows it when it moves: NAT rebinding).
+    @ivar reportsSent: our last video sender reports to it: the middle 32
+        bits of their NTP timestamp (what its receiver reports quote as
+        LSR) → when each went out; the round-trip time comes from them.
     """
 
     role = "subscription"
@@ -220,6 +223,9 @@ class Subscription(Peer):
         self.quality = 2
         self.retransmitBudget = None
         self.pair = None
+        self.reportsSent: dict[int, float] = {}
+        #: the next extra sender report while its link is tried (rtcp._watchRoundTrips)
+        self.probeReportCall = None
 
     def describe(self) -> str:
         """For logs."""

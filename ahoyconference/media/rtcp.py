@@ -50,6 +50,15 @@ REMB_FLOOR = 150_000
 """bit/s: a subscriber's estimate below this does not lower the publisher's REMB."""
 REMB_OUTLIER_SUBSCRIBERS = 5
 """From this many fresh estimates on, the lowest tenth (at least one) is ignored."""
+PROBE_REPORT_INTERVAL = 0.1
+"""Seconds between our extra sender reports to a subscriber whose link is
+being tried (simulcast padding, or a fresh step up): a round trip from a
+receiver report measures the queue when our last sender report went
+through it, and ours otherwise go out about once a second."""
+REPORTS_REMEMBERED = 8
+"""Our video sender reports per subscription whose send time is kept (for
+the round-trip time from receiver reports; they go out about once a second)."""
+
 MAX_NACKED = 64
 """Sequence numbers answered per NACK packet (browsers NACK a handful)."""
 NACK_SHARE = 0.25
@@ -294,13 +303,47 @@ class RtcpPolicy:
             info = stream.senderInfo(out) if out is not None and stream is not None else None
             if info is None:
                 return False
-            ntp, rtp, count, octets = info
-            packet.sender_info = RtcpSenderInfo(
-                ntp_timestamp=ntp, rtp_timestamp=rtp, packet_count=count & 0xFFFFFFFF,
-                octet_count=octets & 0xFFFFFFFF)
+            packet.sender_info = self._senderInfo(sub, kind, info)
             return True
 
         hooks.fillSenderReports(sender, fill)
+
+    def _senderInfo(self, sub: Subscription, kind: str, info: tuple) -> RtcpSenderInfo:
+        """A sender report's sender info; a video one's time is remembered (L{Subscription.reportsSent})."""
+        ntp, rtp, count, octets = info
+        if kind == "video":
+            sent = sub.reportsSent
+            sent[(ntp >> 16) & 0xFFFFFFFF] = self._now()
+            if len(sent) > REPORTS_REMEMBERED:
+                del sent[next(iter(sent))]
+        return RtcpSenderInfo(ntp_timestamp=ntp, rtp_timestamp=rtp,
+                              packet_count=count & 0xFFFFFFFF, octet_count=octets & 0xFFFFFFFF)
+
+    def _watchRoundTrips(self, sub: Subscription) -> None:
+        """
+        While its simulcast layers try the subscriber's link, send it a
+        sender report every L{PROBE_REPORT_INTERVAL} (its receiver reports
+        then show a growing queue within a fraction of a second).
+        """
+        if sub.probeReportCall is not None:
+            return
+
+        def send():
+            sub.probeReportCall = None
+            out = sub.outs.get("video")
+            layers = self._layersFor(sub)
+            stream = self._streams.get((sub.publisherID, "video"))
+            if sub.closed or out is None or layers is None or not layers.watching(out):
+                return
+            info = stream.senderInfo(out)
+            if info is not None:
+                report = RtcpSrPacket(ssrc=out.ssrc,
+                                      sender_info=self._senderInfo(sub, "video", info))
+                if hooks.sendRtcp(sub.dtls, bytes(report)):
+                    self._counters["probe_sender_reports"] += 1
+            sub.probeReportCall = self._clock.callLater(PROBE_REPORT_INTERVAL, send)
+
+        send()
 
     def subscriberRtcp(self, sub: Subscription, data: bytes) -> None:
         """A subscriber's decrypted compound RTCP: PLI/FIR, REMB, NACK."""
@@ -329,8 +372,14 @@ class RtcpPolicy:
                 if layers is not None:
                     out = sub.outs["video"]
                     for report in packet.reports:
-                        if report.ssrc == out.ssrc:
-                            layers.loss(out, report.fraction_lost / 256)
+                        if report.ssrc != out.ssrc:
+                            continue
+                        sent = sub.reportsSent.get(report.lsr) if report.lsr else None
+                        if sent is not None:
+                            layers.roundTrip(out, self._now() - sent - report.dlsr / 65536)
+                        layers.received(out, report.packets_lost, report.highest_sequence)
+                    if layers.watching(out):
+                        self._watchRoundTrips(sub)
 
     def _layersFor(self, sub: Subscription):
         """The simulcast layers feeding the subscription's video, if any."""

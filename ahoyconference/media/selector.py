@@ -4,12 +4,17 @@ L{Selector}: one subscriber's choice of simulcast layer (docs/architecture.md,
 "Simulcast"): the highest that fits its bandwidth estimate and what it asked
 for; down at once when the estimate falls, up slowly, and now and then a
 try at the next layer up (a receiver's REMB cannot show that a link got
-better).  Pure logic: time is passed in.
+better).  A subscriber that takes retransmissions is tried with padding at
+the next layer's bitrate first (L{ahoyconference.media.probe}), and moved
+up only when its link carried it; one that does not is tried with the
+layer itself.  Pure logic: time is passed in.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
+
+from ahoyconference.media.probe import PaddingBudget
 
 UP_DELAY = 4.0
 """Seconds a higher layer must keep fitting before a subscriber goes up."""
@@ -27,6 +32,31 @@ DECREASE = 0.97
 """An estimate below this share of the one before is a decrease (receivers
 send a new REMB at once when theirs falls by 3 % or more)."""
 PROBE_MAX = 10.0
+PADDED_PROBE_MAX = 6.0
+"""L{PROBE_MAX} for tries with padding: a failed one costs the picture
+nothing, so they may come more often."""
+PROBE_RAMP = 1.5
+"""Seconds over which a padding try grows to the next layer's bitrate (a
+slow link's queue grows slowly, and the receiver says so before it is long)."""
+PROBE_HOLD = 2.0
+"""Seconds a padding try must go on without a decrease of the estimate, a
+NACK, loss or a queue (L{PROBE_QUEUE}) before the subscriber goes up.  A
+try that held goes on to the layer above, if there is one it may have,
+from there; the subscriber moves when the highest held (one switch, one
+keyframe)."""
+RTT_WINDOW = 10.0
+"""Seconds over which the smallest round-trip time is the link's own (no queue)."""
+PROBE_QUEUE = 0.06
+"""Seconds of round trip above the link's own that end a padding try: a
+queue is growing.  The receiver's estimate often cannot say so (it does
+not fall below what it was, and it was below what the link carries), its
+receiver reports can: browsers send one with every NACK and REMB."""
+STEP_QUEUE = 0.15
+"""Seconds of queue that send a subscriber back down within L{PROBE_FAILED}
+of a step up."""
+LOSS_WINDOW = 1.0
+"""Seconds of receiver reports a loss fraction is taken over (browsers
+report every few packets; one loss among them is no 50 % loss)."""
 HEADROOM = 1.15
 """A layer fits an estimate this many times its measured bitrate."""
 UNCONSTRAINED = 1.3
@@ -59,6 +89,11 @@ class Selector:
     @ivar lastPic: the last picture ID sent (C{None} before any).
     @ivar lastTl0: the last TL0PICIDX sent.
     @ivar switches: switches done, by direction (C{"up"}, C{"down"}).
+    @ivar probing: the layer index tried with padding now, or C{None}.
+    @ivar probeHeld: the highest layer index the try held for so far, or C{None}.
+    @ivar probeRate: the padding's bitrate once ramped up (bit/s).
+    @ivar padding: the L{PaddingBudget} of the try.
+    @ivar probes: tries with padding, by outcome (C{"held"}, C{"failed"}).
     """
 
     def __init__(self, quality: int):
@@ -82,6 +117,18 @@ class Selector:
         self.nextSeq = 0
         self.nextTs = 0
         self.switches: Counter = Counter()
+        self.probing: int | None = None
+        self.probeStart = 0.0
+        self.probeRate = 0.0
+        self.probeFrom = 0.0
+        self.probeHeld: int | None = None
+        self.padding = PaddingBudget()
+        self.probes: Counter = Counter()
+        self.probeFailedAt = -1e9
+        self.rtt: float | None = None
+        self._rtts: deque = deque()  # (when, rtt), rising: the window's minimum first
+        self._lossMark: tuple | None = None
+        self._lastLost = 0
 
     @property
     def index(self) -> int | None:
@@ -90,7 +137,8 @@ class Selector:
             return self.target
         return self.layer.index if self.layer is not None else None
 
-    def choose(self, now: float, rates: list[float], live: list[bool]) -> int | None:
+    def choose(self, now: float, rates: list[float], live: list[bool],
+               canPad: bool = False) -> int | None:
         """
         The layer it should have now, given each layer's measured bitrate
         and liveness: the highest live one up to L{quality} that fits the
@@ -100,6 +148,9 @@ class Selector:
         L{UP_DELAY} seconds, or (when the estimate is held down by what it
         gets, L{UNCONSTRAINED}) one layer up after L{probeDelay}.
 
+        @param canPad: the subscriber takes padding (it negotiated RTX): a
+            try up is a padding try (L{probing}) first, and the layer
+            changes only when that held for L{PROBE_HOLD} seconds.
         @return: the index, or C{None} when no layer is live.
         """
         if self.since is None:
@@ -107,7 +158,8 @@ class Selector:
         if self.decreased:
             self.lastDecrease = now
             self.decreased = False
-        if self.lastUp > self.lastDown and now - self.lastUp >= PROBE_FAILED:
+        if (self.lastUp > max(self.lastDown, self.probeFailedAt)
+                and now - self.lastUp >= PROBE_FAILED):
             self.probeDelay = PROBE_DELAY  # the last step up held
         top = min(self.quality, len(rates) - 1)
         candidates = [i for i in range(top + 1) if live[i]]
@@ -117,6 +169,27 @@ class Selector:
                 return None
             return candidates[0]
         current = self.index
+        if self.probing is not None:
+            if (self.lastDecrease >= self.probeStart or self.queueing > PROBE_QUEUE
+                    or current is None
+                    or self.probing not in candidates or self.probing <= current):
+                held = self.probeFailed(now)
+                if held is not None and held in candidates and current is not None \
+                        and held > current:
+                    return held  # the link carried that one
+            elif now - self.probeStart >= PROBE_HOLD:
+                higher = [i for i in candidates if i > self.probing]
+                if higher:  # on to the next, from this one's rate
+                    self.probeHeld = self.probing
+                    self._try(now, higher[0], current, rates, True)
+                    return current
+                target, self.probing = self.probing, None
+                self.probeHeld = None
+                self.probes["held"] += 1
+                self.betterSince = None
+                return target
+            else:
+                return current
         if self.estimate is None or now - self.since < ESTIMATE_GRACE:
             best = candidates[-1]
         else:
@@ -124,14 +197,23 @@ class Selector:
             best = fits[-1] if fits else candidates[0]
         falling = self.estimate is not None and (
             self.estimate < FALLING * self.peak
-            or (self.lastDecrease >= self.lastUp and now - self.lastUp <= PROBE_FAILED))
+            or (self.lastDecrease >= self.lastUp and self.lastDecrease > self.probeFailedAt
+                and now - self.lastUp <= PROBE_FAILED))
         if current is None or current not in candidates or (best < current and falling):
             self.betterSince = None
             return best
+        if (self.queueing > STEP_QUEUE and self.lastUp > self.lastDown
+                and now - self.lastUp <= PROBE_FAILED):
+            lower = [i for i in candidates if i < current]
+            if lower:  # the step up filled a queue: back
+                self.betterSince = None
+                return lower[-1]
         above = [i for i in candidates if i > current]
-        climbing = self.lastUp > max(self.lastDown, self.lastDecrease)
-        if best <= current and above and climbing and now - self.lastUp >= PROBE_FAILED:
-            # the last step up held (no decrease since): the next one
+        climbing = self.lastUp > max(self.lastDown, self.lastDecrease, self.probeFailedAt)
+        if not canPad and best <= current and above and climbing \
+                and now - self.lastUp >= PROBE_FAILED:
+            # the last step up held (no decrease since): the next one (a
+            # padding try goes on to the next layer by itself)
             self.betterSince = None
             return above[0]
         if best < current:
@@ -144,7 +226,7 @@ class Selector:
                     self.betterSince = now
                 elif now - self.betterSince >= self.probeDelay:
                     self.betterSince = None
-                    return above[0]
+                    return self._try(now, above[0], current, rates, canPad)
             else:
                 self.betterSince = None
             return current
@@ -154,6 +236,92 @@ class Selector:
             self.betterSince = None
             return best
         return current
+
+    def _try(self, now: float, index: int, current: int, rates: list[float],
+             canPad: bool) -> int:
+        """Try layer C{index}: with padding when the subscriber takes it, else itself."""
+        if not canPad:
+            return index
+        if self.probing is None:
+            self.padding = PaddingBudget()
+            self.probeFrom = 0.0
+        else:
+            self.probeFrom = self.probeRate
+        self.probing = index
+        self.probeStart = now
+        self.probeRate = max(0.0, rates[index] * HEADROOM - rates[current])
+        return current
+
+    def paddingRate(self, now: float) -> float:
+        """
+        The padding's bitrate now (bit/s): 0 unless trying, ramped up over
+        L{PROBE_RAMP} to what the next layer needs beyond the current one
+        (with L{HEADROOM}, as for a layer that fits an estimate).
+        """
+        if self.probing is None:
+            return 0.0
+        share = min(1.0, max(0.0, now - self.probeStart) / PROBE_RAMP)
+        return self.probeFrom + (self.probeRate - self.probeFrom) * share
+
+    def probeFailed(self, now: float) -> int | None:
+        """
+        The padding try failed (the estimate fell, a NACK, loss): stop it;
+        the next waits longer (up to L{PADDED_PROBE_MAX}).
+
+        @return: the layer an earlier step of the try held for (it may go
+            there), or C{None}.
+        """
+        if self.probing is None:
+            return None
+        held, self.probeHeld = self.probeHeld, None
+        self.probing = None
+        self.probeFailedAt = now
+        self.probes["failed"] += 1
+        self.probeDelay = min(PADDED_PROBE_MAX, self.probeDelay * 2)
+        self.betterSince = None
+        return held
+
+    def setRoundTrip(self, now: float, rtt: float) -> None:
+        """A round-trip time (seconds) from a receiver report."""
+        if not 0 <= rtt < 10:
+            return
+        rtts = self._rtts
+        while rtts and rtts[-1][1] >= rtt:
+            rtts.pop()
+        rtts.append((now, rtt))
+        while rtts[0][0] < now - RTT_WINDOW:
+            rtts.popleft()
+        self.rtt = rtt
+
+    @property
+    def queueing(self) -> float:
+        """Seconds the latest round trip took beyond the smallest of L{RTT_WINDOW}."""
+        if self.rtt is None or not self._rtts:
+            return 0.0
+        return self.rtt - self._rtts[0][1]
+
+    def received(self, now: float, lost: int, highest: int) -> tuple[float | None, bool]:
+        """
+        A receiver report's cumulative packets lost and extended highest
+        sequence number.
+
+        @return: the fraction lost over the last L{LOSS_WINDOW} seconds
+            (C{None} until that passed), and whether packets were lost
+            since the report before.
+        """
+        grew = self._lossMark is not None and lost > self._lastLost
+        self._lastLost = lost
+        if self._lossMark is None:
+            self._lossMark = (now, lost, highest)
+            return None, False
+        start, lostBefore, highestBefore = self._lossMark
+        if now - start < LOSS_WINDOW:
+            return None, grew
+        self._lossMark = (now, lost, highest)
+        expected = highest - highestBefore
+        if expected <= 0:
+            return None, grew
+        return max(0.0, min(1.0, (lost - lostBefore) / expected)), grew
 
     def setEstimate(self, bitrate: float) -> None:
         """A new bandwidth estimate (bit/s)."""

@@ -48,6 +48,7 @@ from ahoyconference.media.payload import (
     vp8Fields,
     writePictureId,
 )
+from ahoyconference.media.probe import paddingPacket
 from ahoyconference.media.selector import PROBE_FAILED, Selector
 from ahoyconference.messages import QUALITIES
 
@@ -86,6 +87,9 @@ class LayerStream(InStream):
     @ivar pending: outputs waiting for a keyframe of this layer.
     @ivar rate: its measured bitrate in bit/s.
     @ivar lastPacket: when its last packet came (C{None}: never).
+    @ivar padded: outputs of this layer whose link is being tried with
+        padding (L{ahoyconference.media.probe}): they get some after each
+        packet.
     """
 
     def __init__(self, owner: SimulcastVideo, index: int, rid: str, *args, **kwargs):
@@ -96,6 +100,7 @@ class LayerStream(InStream):
         self.pending: list[OutStream] = []
         self.rate = 0.0
         self.lastPacket: float | None = None
+        self.padded: list[OutStream] = []
         self._octetsMark = 0
 
     def packet(self, data: bytes) -> None:
@@ -169,6 +174,30 @@ class LayerStream(InStream):
                 self._faults.error("send", e)
         self.sentPackets += sent
         self.sentOctets += sent * size
+        if self.padded:
+            self._pad(data, ts)
+
+    def _pad(self, data: bytes, ts: int) -> None:
+        """The padding owed to the outputs being tried, after packet C{data}."""
+        now = self._now()
+        absId = self.owner.absId
+        absSendTime = readExtension(data, absId) if absId else None
+        sent = 0
+        for o in self.padded:
+            if o.rtxPt is None or o.rtxSsrc is None:
+                continue
+            outTs = (ts + o.tsDelta) & 0xFFFFFFFF
+            for _ in range(o.sim.padding.take(now, o.sim.paddingRate(now))):
+                packet = paddingPacket(o.rtxPt, o.rtxSeq, outTs, o.rtxSsrc, absId, absSendTime)
+                o.rtxSeq = (o.rtxSeq + 1) & 0xFFFF
+                try:
+                    o.sendto(o.protect(packet), o.addr)
+                except Exception as e:  # SRTP or socket trouble: never raise into aioice
+                    o.errors += 1
+                    self._faults.error("padding", e)
+                    break
+                sent += 1
+        self.owner.counters["simulcast_padding_packets"] += sent
 
     def retransmit(self, out: OutStream, sequenceNumbers, mayResend=None) -> int:
         """As L{InStream.retransmit}, but never for numbers sent before the output joined."""
@@ -252,16 +281,21 @@ class SimulcastVideo:
     @ivar rtxBySsrc: RTX SSRC → layer, learnt from the RRID extension.
     @ivar counters: the engine's counters (/metrics): C{simulcast_switches_up},
         C{simulcast_switches_down}, C{simulcast_unknown_rid} (packets
-        whose RID, or RRID, names no layer: dropped).
+        whose RID, or RRID, names no layer: dropped), C{simulcast_probes_held},
+        C{simulcast_probes_failed} (padding tries), C{simulcast_padding_packets}.
+    @ivar absId: the publisher's C{abs-send-time} extension id (0: none),
+        copied into padding (L{ahoyconference.media.probe}).
     """
 
     def __init__(self, main: InStream, rids: list[str], ridId: int, rridId: int,
                  makeLayer: Callable[[SimulcastVideo, int, str], LayerStream],
                  now: Callable[[], float], requestKeyframe: Callable[[LayerStream], None],
-                 onDropped: Callable[[str], None], counters: Counter | None = None):
+                 onDropped: Callable[[str], None], counters: Counter | None = None,
+                 absId: int = 0):
         self.main = main
         self.ridId = ridId
         self.rridId = rridId
+        self.absId = absId
         self._now = now
         self._requestKeyframe = requestKeyframe
         self._onDropped = onDropped
@@ -336,6 +370,8 @@ class SimulcastVideo:
         if out in self.outputs:
             self.outputs.remove(out)
         for layer in self.layers:
+            if out in layer.padded:
+                layer.padded.remove(out)
             if out in layer.pending:
                 layer.pending.remove(out)
             if out in layer.outputs:
@@ -377,13 +413,53 @@ class SimulcastVideo:
         if previous is None or bitrate < previous:
             self.reconsider(out)
 
+    def roundTrip(self, out: OutStream, rtt: float) -> None:
+        """
+        A subscriber's round-trip time (from its receiver report): a queue
+        growing ends a padding try, or a step up, at once.
+        """
+        sel = out.sim
+        if sel is None:
+            return
+        sel.setRoundTrip(self._now(), rtt)
+        if sel.probing is not None or self._now() - sel.lastUp <= PROBE_FAILED:
+            self.reconsider(out)
+
+    def watching(self, out: OutStream) -> bool:
+        """Is the output's link being tried (padding, or a step up within L{PROBE_FAILED})?"""
+        sel = out.sim
+        if sel is None:
+            return False
+        return sel.probing is not None or (
+            sel.lastUp > sel.lastDown and self._now() - sel.lastUp <= PROBE_FAILED)
+
+    def received(self, out: OutStream, lost: int, highest: int) -> None:
+        """
+        A subscriber's receiver report (cumulative loss, highest sequence
+        number): a loss while trying with padding ends the try; much loss
+        over L{ahoyconference.media.selector.LOSS_WINDOW} sends it down
+        (L{loss}).
+        """
+        sel = out.sim
+        if sel is None:
+            return
+        now = self._now()
+        fraction, lostNow = sel.received(now, lost, highest)
+        if lostNow and sel.probing is not None:
+            self._probeFailed(out, now)
+        elif fraction is not None:
+            self.loss(out, fraction)
+
     def loss(self, out: OutStream, fraction: float) -> None:
         """A subscriber's receiver report: much loss sends it one layer down."""
         sel = out.sim
         if sel is None or fraction < LOSS_DOWN:
             return
-        index = sel.index
         now = self._now()
+        if sel.probing is not None:  # the padding did it: stop that, keep the layer
+            self._probeFailed(out, now)
+            return
+        index = sel.index
         live = [i for i, layer in enumerate(self.layers) if layer.isLive(now)]
         lower = [i for i in live if index is not None and i < index]
         if lower:
@@ -396,6 +472,9 @@ class SimulcastVideo:
         new layer (the link cannot carry it): back down at once.
         """
         sel = out.sim
+        if sel is not None and sel.probing is not None:  # the padding try failed
+            self._probeFailed(out, self._now())
+            return
         if sel is None or sel.layer is None or self._now() - sel.lastUp > PROBE_FAILED:
             return
         if sel.lastUp <= sel.lastDown:
@@ -419,11 +498,34 @@ class SimulcastVideo:
         sel = out.sim
         rates = [layer.rate for layer in self.layers]
         live = [layer.isLive(now) for layer in self.layers]
-        wanted = sel.choose(now, rates, live)
+        probing = sel.probing
+        wanted = sel.choose(now, rates, live, out.rtxPt is not None and out.rtxSsrc is not None)
+        if probing is not None and sel.probing is None:
+            outcome = "failed" if wanted is None or wanted <= sel.index else "held"
+            self.counters[f"simulcast_probes_{outcome}"] += 1
+        self._padWhileTrying(out)
         if wanted is not None and wanted != sel.index:
             self._switchTo(out, wanted, now)
         elif sel.target is not None:
             self._requestKeyframe(self.layers[sel.target])  # still waiting (throttled)
+
+    def _probeFailed(self, out: OutStream, now: float) -> None:
+        held = out.sim.probeFailed(now)
+        self.counters["simulcast_probes_failed"] += 1
+        self._padWhileTrying(out)
+        if held is not None and out.sim.index is not None and held > out.sim.index:
+            self._switchTo(out, held, now)
+
+    def _padWhileTrying(self, out: OutStream) -> None:
+        """The output gets padding from its layer while its selector tries a layer up."""
+        sel = out.sim
+        feeding = sel.layer if sel.probing is not None and sel.target is None else None
+        for layer in self.layers:
+            if layer is feeding:
+                if out not in layer.padded:
+                    layer.padded.append(out)
+            elif out in layer.padded:
+                layer.padded.remove(out)
 
     def _switchTo(self, out: OutStream, index: int, now: float) -> None:
         sel = out.sim

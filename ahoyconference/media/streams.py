@@ -70,11 +70,14 @@ class MediaStreams:
         return stream
 
     def simulcast(self, memberID: str, rids: list[str], ridId: int, rridId: int,
-                  onDropped: Callable[[str], None], counters: Counter) -> SimulcastVideo:
+                  onDropped: Callable[[str], None], counters: Counter,
+                  absId: int = 0) -> SimulcastVideo:
         """
         Layers for the member's video (a publisher connection that sends
         simulcast), each an L{InStream} of its own with its own loss repair,
         told to the member's video stream (L{InStream.useLayers}).
+
+        @param absId: the connection's C{abs-send-time} extension id (0: none).
         """
         main = self.streamFor(memberID, "video")
 
@@ -92,7 +95,7 @@ class MediaStreams:
             return layer
 
         video = SimulcastVideo(main, rids, ridId, rridId, makeLayer, self._now,
-                               self._onKeyframeNeeded, onDropped, counters)
+                               self._onKeyframeNeeded, onDropped, counters, absId)
         return video
 
     def _detectorFor(self, memberID: str) -> SpeakingDetector:
