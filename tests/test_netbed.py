@@ -460,11 +460,11 @@ class NetBedTests(TestCase):
         in all; the office gets the full size.  The limit is lifted: home A
         climbs back to the full size within 15 s.
 
-        The limit comes down on a link that carries the top layer: the
+        Home A starts on the top layer (its estimate is not known yet): the
         router's queue (1 s) fills and the picture freezes until the low
-        layer's keyframe is through; that is the cable being cut, not the
-        steady state the issue asks about, so the window starts once home A
-        had no new freeze for 3 s.
+        layer's keyframe is through (README, "Weak"); that is the start, not
+        the steady state the issue asks about, so the window starts once
+        home A had no new freeze for 3 s.
         """
         cable = self.bed.cables["homeA"]
         self.addCleanup(cable.set, down={"rate": 0, "queue": 1_000_000})
