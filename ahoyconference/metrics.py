@@ -85,6 +85,11 @@ class ServiceCollector:
         for reason, count in sorted(service.counters.get("dropped", {}).items()):
             dropped.add_metric([reason], count)
         yield dropped
+        yield CounterMetricFamily(
+            "ahoy_websocket_write_errors",
+            "Held WebSocket frames that could not be written to a connection (the first "
+            "error is logged).",
+            value=sum(service.counters.get("write_errors", {}).values()))
         for name, help, label, key in _REFUSALS:
             family = CounterMetricFamily(name, help, labels=[label])
             for value, count in sorted(service.counters[key].items()):

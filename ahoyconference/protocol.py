@@ -238,7 +238,7 @@ class ConferenceFactory(WebSocketServerFactory):
         super().__init__(protocols=[SUBPROTOCOL])
         if reactor is None:
             from twisted.internet import reactor
-        self.coalescer = Coalescer(reactor.callLater)
+        self.coalescer = Coalescer(reactor.callLater, self._writeFailed)
         self.service = service
         self.connections: dict[str, int] = {}
         self._refusing: set[tuple[str, str]] = set()
@@ -246,6 +246,9 @@ class ConferenceFactory(WebSocketServerFactory):
         self._lastPrepared = None
         checkWriteThrough()
         self.applyLimits(service.config.limits)
+
+    def _writeFailed(self) -> None:
+        self.service.counters.setdefault("write_errors", Counter())["coalesced"] += 1
 
     def framed(self, data: bytes):
         """

@@ -101,10 +101,16 @@ class Coalescer:
 
     @param callLater: schedules the flush (the reactor's C{callLater}; a
         delay of 0 runs it after what the current wake-up read).
+    @param onError: called once per connection whose held frames could not
+        be written (counted in C{/metrics}); the first such error is logged
+        with its traceback, the rest only counted.
+    @ivar errors: such failed writes so far.
     """
 
-    def __init__(self, callLater):
+    def __init__(self, callLater, onError=None):
         self._callLater = callLater
+        self._onError = onError
+        self.errors = 0
         self._pending: dict[object, list[bytes]] = {}
         self._call = None
 
@@ -135,4 +141,9 @@ class Coalescer:
             try:
                 writeThrough(transport, _joined(frames))
             except Exception:
-                _log.failure("error writing to a connection")
+                self.errors += 1
+                if self.errors == 1:
+                    _log.failure("error writing to a connection (the first; the rest are "
+                                 "counted in ahoy_websocket_write_errors_total)")
+                if self._onError is not None:
+                    self._onError()

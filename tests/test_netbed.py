@@ -525,6 +525,7 @@ class NetBedTests(TestCase):
         figures = {"low_width": lowWidth, "low_encoded_fps": round(encoded / seconds, 1),
                    "full_width": full["frameWidth"],
                    "slow_width": last["frameWidth"], "slow_fps": round(fps, 1),
+                   "start_freeze_seconds": round(first["totalFreezesDuration"], 2),
                    "slow_freezes": last["freezeCount"] - first["freezeCount"],
                    "slow_freeze_seconds": round(freezes, 2),
                    "cable_queue_drops": cable.stats()["down"]["queue_drops"],

@@ -696,6 +696,40 @@ class PaddedTryTests(TestCase):
         self.assertEqual(sel.choose(2 + selector.PROBE_FAILED + 0.1, self.rates, [True] * 3,
                                     canPad=True), 1)
 
+    def test_queueDown(self):
+        """
+        A queue of DOWN_QUEUE sends a subscriber down a layer at once (the
+        estimate has not fallen yet); not again until DOWN_QUEUE_HOLD.
+        """
+        sel = Selector(2)
+        sel.since = -100
+        sel.layer = type("L", (), {"index": 2})()
+        sel.setEstimate(5_000_000)
+        live = [True] * 3
+        sel.setRoundTrip(0, 0.030)
+        sel.setRoundTrip(1, 0.030 + selector.DOWN_QUEUE - 0.01)
+        self.assertEqual(sel.choose(1, self.rates, live, canPad=True), 2)
+        sel.setRoundTrip(1.2, 0.030 + selector.DOWN_QUEUE + 0.01)
+        self.assertEqual(sel.choose(1.2, self.rates, live, canPad=True), 1)
+        sel.layer.index = 1
+        sel.wentDown(1.5)
+        self.assertEqual(sel.choose(1.5 + selector.DOWN_QUEUE_HOLD - 0.1, self.rates, live,
+                                    canPad=True), 1)
+        self.assertEqual(sel.choose(1.5 + selector.DOWN_QUEUE_HOLD, self.rates, live,
+                                    canPad=True), 0)
+
+    def test_queueAtStart(self):
+        """In its first START_WATCH seconds (it started on the top layer), a queue sends it to the lowest."""
+        sel = Selector(2)
+        live = [True] * 3
+        self.assertEqual(sel.choose(0, self.rates, live, canPad=True), 2)
+        sel.layer = type("L", (), {"index": 2})()
+        sel.setRoundTrip(0.5, 0.010)
+        sel.setRoundTrip(1.5, 0.010 + selector.DOWN_QUEUE + 0.05)
+        self.assertTrue(sel.starting(1.5))
+        self.assertEqual(sel.choose(1.5, self.rates, live, canPad=True), 0)
+        self.assertFalse(sel.starting(selector.START_WATCH + 0.1))
+
     def test_roundTripWindow(self):
         """The link's own round trip is the smallest of the last RTT_WINDOW seconds."""
         sel = Selector(2)

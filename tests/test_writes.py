@@ -155,3 +155,25 @@ class CoalescerTests(unittest.TestCase):
         self.assertEqual((one.value(), two.value()), (b"held", b""))
         clock.advance(0)
         self.assertEqual((one.value(), two.value()), (b"held", b"other"))
+
+    def test_errorCounted(self):
+        """
+        A connection whose write fails is counted (each time) and the first
+        failure logged; the others still get their frames.
+        """
+        clock = Clock()
+        failed = []
+        coalescer = writes.Coalescer(clock.callLater, lambda: failed.append(1))
+        bad, good = StringTransport(), StringTransport()
+
+        def boom(data):
+            raise OSError("gone")
+
+        self.patch(bad, "write", boom)
+        for _ in range(2):
+            coalescer.write(bad, b"x")
+            coalescer.write(good, b"y")
+            clock.advance(0)
+        self.assertEqual((coalescer.errors, len(failed)), (2, 2))
+        self.assertEqual(good.value(), b"yy")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)

@@ -54,6 +54,18 @@ receiver reports can: browsers send one with every NACK and REMB."""
 STEP_QUEUE = 0.15
 """Seconds of queue that send a subscriber back down within L{PROBE_FAILED}
 of a step up."""
+DOWN_QUEUE = 0.2
+"""Seconds of queue (round trip above the link's own) that send a subscriber
+down a layer at once, whatever its estimate says (the estimate falls only
+after the receiver saw the delay grow for a while); in its first
+L{START_WATCH} seconds, to the lowest layer."""
+DOWN_QUEUE_HOLD = 2.0
+"""Seconds after going down before a queue sends it down again (the queue
+the higher layer left takes a while to drain)."""
+START_WATCH = 5.0
+"""Seconds after a subscriber gets its first layer during which its link is
+watched closely: it starts on the highest layer it may have, since its
+estimate is not known yet."""
 LOSS_WINDOW = 1.0
 """Seconds of receiver reports a loss fraction is taken over (browsers
 report every few packets; one loss among them is no 50 % loss)."""
@@ -202,6 +214,12 @@ class Selector:
         if current is None or current not in candidates or (best < current and falling):
             self.betterSince = None
             return best
+        lower = [i for i in candidates if i < current]
+        if (lower and self.queueing > DOWN_QUEUE and self.target is None
+                and now - self.lastDown >= DOWN_QUEUE_HOLD):
+            # a queue is growing: the link does not carry this layer
+            self.betterSince = None
+            return lower[0] if self.starting(now) else lower[-1]
         if (self.queueing > STEP_QUEUE and self.lastUp > self.lastDown
                 and now - self.lastUp <= PROBE_FAILED):
             lower = [i for i in candidates if i < current]
@@ -236,6 +254,10 @@ class Selector:
             self.betterSince = None
             return best
         return current
+
+    def starting(self, now: float) -> bool:
+        """Is it within L{START_WATCH} seconds of its start?"""
+        return self.since is not None and now - self.since <= START_WATCH
 
     def _try(self, now: float, index: int, current: int, rates: list[float],
              canPad: bool) -> int:

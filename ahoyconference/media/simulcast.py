@@ -49,7 +49,12 @@ from ahoyconference.media.payload import (
     writePictureId,
 )
 from ahoyconference.media.probe import paddingPacket
-from ahoyconference.media.selector import PROBE_FAILED, Selector
+from ahoyconference.media.selector import (
+    DOWN_QUEUE,
+    PROBE_FAILED,
+    PROBE_QUEUE,
+    Selector,
+)
 from ahoyconference.messages import QUALITIES
 
 __all__ = ["QUALITIES", "LayerStream", "Selector", "SimulcastVideo", "switchOutput"]
@@ -422,16 +427,23 @@ class SimulcastVideo:
         if sel is None:
             return
         sel.setRoundTrip(self._now(), rtt)
-        if sel.probing is not None or self._now() - sel.lastUp <= PROBE_FAILED:
+        if sel.probing is not None or sel.queueing > DOWN_QUEUE \
+                or self._now() - sel.lastUp <= PROBE_FAILED:
             self.reconsider(out)
 
     def watching(self, out: OutStream) -> bool:
-        """Is the output's link being tried (padding, or a step up within L{PROBE_FAILED})?"""
+        """
+        Is the output's link being tried or watched: padding, a step up
+        within L{PROBE_FAILED}, its first seconds
+        (L{ahoyconference.media.selector.START_WATCH}), or a
+        queue seen?
+        """
         sel = out.sim
         if sel is None:
             return False
-        return sel.probing is not None or (
-            sel.lastUp > sel.lastDown and self._now() - sel.lastUp <= PROBE_FAILED)
+        now = self._now()
+        return (sel.probing is not None or sel.starting(now) or sel.queueing > PROBE_QUEUE
+                or (sel.lastUp > sel.lastDown and now - sel.lastUp <= PROBE_FAILED))
 
     def received(self, out: OutStream, lost: int, highest: int) -> None:
         """
