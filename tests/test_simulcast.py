@@ -747,13 +747,40 @@ class PaddedTryTests(TestCase):
         """Loss is a fraction over LOSS_WINDOW, not over the few packets between two reports."""
         sel = Selector(2)
         self.assertEqual(sel.received(0, 0, 1000), (None, False))
-        self.assertEqual(sel.received(0.05, 1, 1002), (None, True))  # one lost: no 50 %
+        self.assertEqual(sel.received(0.05, 1, 1002), (None, False))  # one lost: no 50 %
         self.assertEqual(sel.received(0.5, 1, 1020), (None, False))
-        fraction, grew = sel.received(1.0, 2, 1100)
+        fraction, _ = sel.received(1.0, 2, 1100)
         self.assertAlmostEqual(fraction, 0.02)
-        self.assertTrue(grew)
-        fraction, grew = sel.received(2.0, 40, 1200)
+        fraction, _ = sel.received(2.0, 40, 1200)
         self.assertAlmostEqual(fraction, 0.38)
+
+    def test_lossEndsTry(self):
+        """
+        While a padding try goes on, PROBE_LOSS of the packets since it
+        began ends it; a packet lost now and then (Wi-Fi) does not.
+        """
+        sel = self.held()
+        live = [True] * 3
+        sel.received(0, 5, 1000)
+        sel.choose(0, self.rates, live, canPad=True)
+        start = selector.PROBE_DELAY
+        sel.choose(start, self.rates, live, canPad=True)
+        self.assertEqual(sel.probing, 1)
+        self.assertEqual(sel.received(start + 0.2, 6, 1030)[1], False)  # 1 of 30
+        self.assertEqual(sel.received(start + 0.4, 6, 1060)[1], False)
+        self.assertEqual(sel.received(start + 0.6, 11, 1080)[1], True)  # 6 of 80
+
+    def test_lowEstimate(self):
+        """
+        With padding, a try comes even when the estimate is below what the
+        layer needs (after a congestion it climbs back slowly); without,
+        only when it is held down by what is sent.
+        """
+        for canPad, tries in ((True, 1), (False, None)):
+            sel = self.held(estimate=100_000)  # below the low layer's 150 kbit/s
+            sel.choose(0, self.rates, [True] * 3, canPad=canPad)
+            sel.choose(selector.PROBE_DELAY, self.rates, [True] * 3, canPad=canPad)
+            self.assertEqual(sel.probing, tries)
 
     def test_withoutRtx(self):
         """A subscriber without RTX is tried with the layer itself, as before."""
@@ -818,11 +845,18 @@ class PaddedLayerTests(TestCase):
                              * 2 * (selector.PROBE_HOLD + 1))
         self.assertEqual(self.pub.video.layers[0].padded, [])
 
-    def test_nackEndsTry(self):
-        """A NACK while trying: the padding stops at once, the layer stays."""
+    def test_lossEndsTry(self):
+        """
+        Receiver reports that lose PROBE_LOSS of the packets while trying:
+        the padding stops at once, the layer stays.  A NACK alone does not
+        (a packet lost now and then).
+        """
         self.pub.run(selector.PROBE_DELAY + 2.5)  # the ticks are a second apart
         self.assertEqual(self.out.sim.probing, 1)
         self.pub.video.nacked(self.out)
+        self.pub.video.received(self.out, 0, 5000)
+        self.assertEqual(self.out.sim.probing, 1)
+        self.pub.video.received(self.out, 10, 5040)
         self.assertIsNone(self.out.sim.probing)
         self.assertEqual(self.pub.counters["simulcast_probes_failed"], 1)
         before = len(self.padding())

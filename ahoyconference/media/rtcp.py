@@ -55,9 +55,10 @@ PROBE_REPORT_INTERVAL = 0.1
 being tried (simulcast padding, or a fresh step up): a round trip from a
 receiver report measures the queue when our last sender report went
 through it, and ours otherwise go out about once a second."""
-REPORTS_REMEMBERED = 8
+REPORTS_REMEMBERED = 64
 """Our video sender reports per subscription whose send time is kept (for
-the round-trip time from receiver reports; they go out about once a second)."""
+the round-trip time from receiver reports): 6.4 s of them at
+L{PROBE_REPORT_INTERVAL}, for the round trip through a long queue."""
 
 MAX_NACKED = 64
 """Sequence numbers answered per NACK packet (browsers NACK a handful)."""

@@ -66,6 +66,11 @@ START_WATCH = 5.0
 """Seconds after a subscriber gets its first layer during which its link is
 watched closely: it starts on the highest layer it may have, since its
 estimate is not known yet."""
+PROBE_LOSS = 0.05
+"""Share of packets lost since a padding try began (and at least
+L{PROBE_LOSS_PACKETS}) that ends it: the queue overflowed.  A packet lost
+now and then (Wi-Fi) does not."""
+PROBE_LOSS_PACKETS = 2
 LOSS_WINDOW = 1.0
 """Seconds of receiver reports a loss fraction is taken over (browsers
 report every few packets; one loss among them is no 50 % loss)."""
@@ -141,6 +146,8 @@ class Selector:
         self._rtts: deque = deque()  # (when, rtt), rising: the window's minimum first
         self._lossMark: tuple | None = None
         self._lastLost = 0
+        self._lastHighest: int | None = None
+        self._probeMark: tuple | None = None
 
     @property
     def index(self) -> int | None:
@@ -234,12 +241,14 @@ class Selector:
             # padding try goes on to the next layer by itself)
             self.betterSince = None
             return above[0]
-        if best < current:
+        if best < current and not canPad:
             return current
-        if best == current:
-            if (above and self.estimate is not None and rates[current] > 0
-                    and self.estimate >= UNCONSTRAINED * rates[current]):
-                # the estimate is held down by what we send: try one up, now and then
+        if best <= current:
+            # the estimate is held down by what we send: try one up, now and
+            # then (with padding whatever the estimate: after a congestion it
+            # climbs back a few per cent a second, and the try is safe)
+            if above and self.estimate is not None and rates[current] > 0 and (
+                    canPad or self.estimate >= UNCONSTRAINED * rates[current]):
                 if self.betterSince is None:
                     self.betterSince = now
                 elif now - self.betterSince >= self.probeDelay:
@@ -267,6 +276,8 @@ class Selector:
         if self.probing is None:
             self.padding = PaddingBudget()
             self.probeFrom = 0.0
+            self._probeMark = ((self._lastLost, self._lastHighest)
+                               if self._lastHighest is not None else None)
         else:
             self.probeFrom = self.probeRate
         self.probing = index
@@ -328,22 +339,29 @@ class Selector:
         sequence number.
 
         @return: the fraction lost over the last L{LOSS_WINDOW} seconds
-            (C{None} until that passed), and whether packets were lost
-            since the report before.
+            (C{None} until that passed), and whether the padding try (if
+            any) lost too much (L{PROBE_LOSS}).
         """
-        grew = self._lossMark is not None and lost > self._lastLost
-        self._lastLost = lost
+        self._lastLost, self._lastHighest = lost, highest
+        lossy = False
+        if self.probing is not None:
+            if self._probeMark is None:
+                self._probeMark = (lost, highest)
+            lostBefore, highestBefore = self._probeMark
+            expected = highest - highestBefore
+            lossy = (lost - lostBefore >= PROBE_LOSS_PACKETS and expected > 0
+                     and (lost - lostBefore) / expected > PROBE_LOSS)
         if self._lossMark is None:
             self._lossMark = (now, lost, highest)
-            return None, False
+            return None, lossy
         start, lostBefore, highestBefore = self._lossMark
         if now - start < LOSS_WINDOW:
-            return None, grew
+            return None, lossy
         self._lossMark = (now, lost, highest)
         expected = highest - highestBefore
         if expected <= 0:
-            return None, grew
-        return max(0.0, min(1.0, (lost - lostBefore) / expected)), grew
+            return None, lossy
+        return max(0.0, min(1.0, (lost - lostBefore) / expected)), lossy
 
     def setEstimate(self, bitrate: float) -> None:
         """A new bandwidth estimate (bit/s)."""

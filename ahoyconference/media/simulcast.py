@@ -448,7 +448,7 @@ class SimulcastVideo:
     def received(self, out: OutStream, lost: int, highest: int) -> None:
         """
         A subscriber's receiver report (cumulative loss, highest sequence
-        number): a loss while trying with padding ends the try; much loss
+        number): much loss while trying with padding ends the try; much loss
         over L{ahoyconference.media.selector.LOSS_WINDOW} sends it down
         (L{loss}).
         """
@@ -456,8 +456,8 @@ class SimulcastVideo:
         if sel is None:
             return
         now = self._now()
-        fraction, lostNow = sel.received(now, lost, highest)
-        if lostNow and sel.probing is not None:
+        fraction, lossy = sel.received(now, lost, highest)
+        if lossy and sel.probing is not None:
             self._probeFailed(out, now)
         elif fraction is not None:
             self.loss(out, fraction)
@@ -484,9 +484,6 @@ class SimulcastVideo:
         new layer (the link cannot carry it): back down at once.
         """
         sel = out.sim
-        if sel is not None and sel.probing is not None:  # the padding try failed
-            self._probeFailed(out, self._now())
-            return
         if sel is None or sel.layer is None or self._now() - sel.lastUp > PROBE_FAILED:
             return
         if sel.lastUp <= sel.lastDown:
