@@ -25,6 +25,7 @@ from ahoyconference.media.rtcp import (
     RetransmitBudget,
     RtcpPolicy,
 )
+from ahoyconference.media.simulcast import LOWER_LAYERS_KBPS
 
 
 def subscription(subscriberID: str, publisherID: str, remb: int | None = None,
@@ -44,13 +45,45 @@ class RembPolicyTests(TestCase):
         self.table = SubscriptionTable()
         pub = Publisher("pub")
         pub.cap = 1000
-        self.policy = RtcpPolicy(self.clock, {"pub": pub}, {}, self.table.of, None,
+        self.streams = {}
+        self.policy = RtcpPolicy(self.clock, {"pub": pub}, self.streams, self.table.of, None,
                                  lambda reason: None)
 
     def add(self, remb: int | None):
         sub = subscription(f"s{len(self.table)}", "pub", remb, self.clock.seconds())
         self.table[(sub.subscriberID, "pub")] = sub
         return sub
+
+    def test_simulcast(self):
+        """
+        A simulcast publisher: the cap plus the lower layers' share, unless
+        nobody asked for its top layer: then what the wanted ones need.
+        """
+
+        class Layers:
+            layers = ["l", "m", "h"]
+            top = 2
+            measured = 300_000
+
+            def wantedQuality(self):
+                return self.top
+
+            def budget(self, top):
+                return self.measured
+
+        layers = Layers()
+        self.streams[("pub", "video")] = type("Stream", (), {"layers": layers})()
+        self.add(200_000)  # the subscribers' estimates do not matter
+        full = 1_000_000 + LOWER_LAYERS_KBPS * 1000
+        self.assertEqual(self.policy.bitrateFor("pub"), full)
+        layers.top = 0
+        self.assertEqual(self.policy.bitrateFor("pub"), 300_000)
+        layers.measured = None  # not measured yet
+        self.assertEqual(self.policy.bitrateFor("pub"), full)
+        layers.measured, layers.top = 10_000_000, 1
+        self.assertEqual(self.policy.bitrateFor("pub"), full)
+        layers.top = -1  # no subscriber
+        self.assertEqual(self.policy.bitrateFor("pub"), full)
 
     def test_capWithoutEstimates(self):
         """No estimates: the cap."""

@@ -15,7 +15,7 @@ from collections import Counter
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from ahoyconference.media import payload, probe, selector
+from ahoyconference.media import payload, probe, selector, simulcast
 from ahoyconference.media.forward import InStream
 from ahoyconference.media.outstream import OutStream
 from ahoyconference.media.payload import readExtension, vp8Fields
@@ -782,6 +782,20 @@ class PaddedTryTests(TestCase):
             sel.choose(selector.PROBE_DELAY, self.rates, [True] * 3, canPad=canPad)
             self.assertEqual(sel.probing, tries)
 
+    def test_tryNow(self):
+        """A higher quality asked for is tried as soon as a layer above is live, without waiting."""
+        sel = self.held()
+        sel.tryNow = True
+        self.assertEqual(sel.choose(0, self.rates, [True, False, False], canPad=True), 0)
+        self.assertTrue(sel.tryNow)  # nothing above yet
+        self.assertEqual(sel.choose(0.5, self.rates, [True] * 3, canPad=True), 0)
+        self.assertEqual(sel.probing, 1)
+        self.assertFalse(sel.tryNow)
+        # with room in the estimate: up at once
+        sel = self.held(estimate=5_000_000)
+        sel.tryNow = True
+        self.assertEqual(sel.choose(0, self.rates, [True] * 3, canPad=True), 2)
+
     def test_withoutRtx(self):
         """A subscriber without RTX is tried with the layer itself, as before."""
         sel = self.held()
@@ -869,3 +883,30 @@ class PaddedLayerTests(TestCase):
         self.pub.run(selector.PROBE_DELAY + 2.5)  # the ticks are a second apart
         self.pub.main.detach(self.out)
         self.assertEqual([layer.padded for layer in self.pub.video.layers], [[], [], []])
+
+
+class WantedTests(TestCase):
+    """What the publisher is asked for: the layers someone asked for (L{SimulcastVideo.budget})."""
+
+    def test_budget(self):
+        clock = Clock()
+        pub = Publisher(clock)
+        self.assertEqual(pub.video.wantedQuality(), -1)
+        self.assertIsNone(pub.video.budget(0))  # not measured yet
+        low, _ = output(quality=0)
+        pub.main.attach(low)
+        pub.run(2)
+        self.assertEqual(pub.video.wantedQuality(), 0)
+        rates = [layer.rate for layer in pub.video.layers]
+        self.assertEqual(pub.video.budget(0), max(simulcast.WANTED_FLOOR,
+                                                  int(simulcast.WANTED_HEADROOM * rates[0])))
+        self.assertEqual(pub.video.budget(1),
+                         max(simulcast.WANTED_FLOOR,
+                             int(simulcast.WANTED_HEADROOM * (rates[0] + rates[1]))))
+        high, _ = output(quality=2)
+        pub.main.attach(high)
+        self.assertEqual(pub.video.wantedQuality(), 2)
+        pub.main.detach(high)
+        pub.video.setQuality(low, 1)
+        self.assertEqual(pub.video.wantedQuality(), 1)
+        self.assertEqual(low.sim.index, 1)  # no estimate: straight up (at the keyframe)

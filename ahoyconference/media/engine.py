@@ -548,8 +548,16 @@ class AiortcMediaEngine:
         out = sub.outs.get("video") if sub is not None else None
         if out is None or out.sim is None:
             return False
-        sub.quality = out.sim.quality = QUALITIES.index(quality)
+        sub.quality = QUALITIES.index(quality)
+        stream = self._streams.get((publisherID, "video"))
+        if stream is not None and stream.layers is not None:
+            stream.layers.setQuality(out, sub.quality)
+        else:
+            out.sim.quality = sub.quality
         _log.debug("{what}: quality {quality}", what=sub.describe(), quality=quality)
+        pub = self._publishers.get(publisherID)
+        if pub is not None:  # its REMB follows the highest quality wanted
+            self._rtcp.reportSoon(pub)
         return True
 
     def unsubscribe(self, subscriberID, publisherID):

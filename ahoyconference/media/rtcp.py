@@ -214,8 +214,17 @@ class RtcpPolicy:
         video = self._streams.get((publisherID, "video"))
         if video is not None and video.layers is not None:
             # simulcast: each subscriber gets the layer it can take; the
-            # cap bounds the top layer, the lower ones may add their share
-            return cap + LOWER_LAYERS_KBPS * 1000
+            # cap bounds the top layer, the lower ones may add their share;
+            # when nobody asked for the top layer (quality), what the
+            # highest one asked for needs
+            full = cap + LOWER_LAYERS_KBPS * 1000
+            layers = video.layers
+            top = layers.wantedQuality()
+            if 0 <= top < len(layers.layers) - 1:
+                budget = layers.budget(top)
+                if budget is not None:
+                    return min(full, budget)
+            return full
         now = self._now()
         estimates = sorted(sub.remb for sub in self._subscriptionsOf(publisherID)
                            if sub.remb is not None and "video" in sub.outs

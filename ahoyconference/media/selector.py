@@ -106,6 +106,8 @@ class Selector:
     @ivar lastPic: the last picture ID sent (C{None} before any).
     @ivar lastTl0: the last TL0PICIDX sent.
     @ivar switches: switches done, by direction (C{"up"}, C{"down"}).
+    @ivar tryNow: try the next layer up as soon as there is one (it asked
+        for a higher quality), without waiting for L{probeDelay}.
     @ivar probing: the layer index tried with padding now, or C{None}.
     @ivar probeHeld: the highest layer index the try held for so far, or C{None}.
     @ivar probeRate: the padding's bitrate once ramped up (bit/s).
@@ -142,6 +144,7 @@ class Selector:
         self.padding = PaddingBudget()
         self.probes: Counter = Counter()
         self.probeFailedAt = -1e9
+        self.tryNow = False
         self.rtt: float | None = None
         self._rtts: deque = deque()  # (when, rtt), rising: the window's minimum first
         self._lossMark: tuple | None = None
@@ -249,18 +252,21 @@ class Selector:
             # climbs back a few per cent a second, and the try is safe)
             if above and self.estimate is not None and rates[current] > 0 and (
                     canPad or self.estimate >= UNCONSTRAINED * rates[current]):
+                if self.tryNow or (self.betterSince is not None
+                                   and now - self.betterSince >= self.probeDelay):
+                    self.betterSince = None
+                    self.tryNow = False
+                    return self._try(now, above[0], current, rates, canPad)
                 if self.betterSince is None:
                     self.betterSince = now
-                elif now - self.betterSince >= self.probeDelay:
-                    self.betterSince = None
-                    return self._try(now, above[0], current, rates, canPad)
             else:
                 self.betterSince = None
             return current
         if self.betterSince is None:
             self.betterSince = now
-        if now - self.betterSince >= UP_DELAY:
+        if self.tryNow or now - self.betterSince >= UP_DELAY:
             self.betterSince = None
+            self.tryNow = False
             return best
         return current
 

@@ -51,6 +51,7 @@ from ahoyconference.media.payload import (
 from ahoyconference.media.probe import paddingPacket
 from ahoyconference.media.selector import (
     DOWN_QUEUE,
+    PROBE_DELAY,
     PROBE_FAILED,
     PROBE_QUEUE,
     Selector,
@@ -73,6 +74,12 @@ layers (our browser client's ¼ and ½ resolution layers take at most 150 and
 500): the cap (protocol.md 4.5) bounds each stream a subscriber receives,
 so the top layer may have all of it.  In the publish offer's C{b=AS} and
 in the publisher's REMB."""
+WANTED_HEADROOM = 1.3
+"""The publisher's REMB, when nobody wants its top layer, is this many
+times what the wanted layers measure (L{SimulcastVideo.budget})…"""
+WANTED_FLOOR = 200_000
+"""… and at least this many bit/s (the lowest layer of our client takes
+150 kbit/s at most)."""
 RATE_SMOOTHING = 0.5
 """Weight of the newest second in a layer's measured bitrate."""
 
@@ -403,10 +410,18 @@ class SimulcastVideo:
         return outs
 
     def setQuality(self, out: OutStream, quality: int) -> None:
-        """The subscriber asked for another quality."""
-        if out.sim is not None:
-            out.sim.quality = quality
-            out.sim.betterSince = None
+        """
+        The subscriber asked for another quality; a higher one is tried as
+        soon as its layer is live (when nobody wanted it, the publisher
+        stopped sending it: its REMB, L{budget}).
+        """
+        sel = out.sim
+        if sel is not None:
+            if quality > sel.quality:
+                sel.tryNow = True
+                sel.probeDelay = PROBE_DELAY
+            sel.quality = quality
+            sel.betterSince = None
             self.reconsider(out)
 
     def estimate(self, out: OutStream, bitrate: float) -> None:
@@ -597,6 +612,24 @@ class SimulcastVideo:
     def layerOf(self, out: OutStream) -> LayerStream | None:
         """The layer that feeds an output."""
         return out.sim.layer if out.sim is not None else None
+
+    def wantedQuality(self) -> int:
+        """The highest layer index any output asked for (its C{quality}; -1: no output)."""
+        top = len(self.layers) - 1
+        return max((min(out.sim.quality, top) for out in self.outputs if out.sim is not None),
+                   default=-1)
+
+    def budget(self, top: int) -> int | None:
+        """
+        What the layers up to C{top} need (bit/s): L{WANTED_HEADROOM} times
+        their measured bitrates, at least L{WANTED_FLOOR}; C{None} until
+        they were measured.  As the publisher's REMB, the browser stops the
+        layers above (nobody wants them) and starts them again when it rises.
+        """
+        rates = [layer.rate for layer in self.layers[:top + 1]]
+        if not rates or not all(rates):
+            return None
+        return max(WANTED_FLOOR, int(WANTED_HEADROOM * sum(rates)))
 
     def wanted(self) -> int:
         """The highest layer index any output gets or waits for (-1: none)."""
