@@ -124,3 +124,43 @@ class SimulcastBrowserTests(BrowserTestCase):
             stats = await page.assertVideoPlaying("Robo")
             self.assertEqual((stats["videoWidth"], stats["videoHeight"]), (320, 240))
         self.assertEqual(self.server.service.engine.stats()["simulcast_publishers"], 1)
+
+    @asyncTest
+    async def test_unwantedLayerPaused(self):
+        """
+        Nobody asks for Alice's top layer (one page, small tiles: "low"): the
+        REMB the server sends her is what the low layer needs, and her
+        browser stops encoding the top layer.  The page asks for "high"
+        (Alice speaks): the REMB goes back up, the top layer starts again,
+        and the page decodes it on the same subscription.
+        """
+        alice = await self.newPage("alice", lowres="0")
+        await alice.page.fill("#join-name", "Alice")
+        await alice.page.fill("#create-id", "paused-room")
+        await alice.page.click("#create-submit")
+        await alice.waitFor("window.ahoy.state.screen === 'room'", "in the room")
+        await alice.page.evaluate("window.ahoy.setSharing(false, true, 1500)")
+        layers = await self.layersSent(alice, 3)
+        top = max(layers, key=lambda rid: layers[rid]["frameWidth"])
+        topWidth = layers[top]["frameWidth"]
+        auto = await self.newPage("auto", room="paused-room", smallTiles="1")
+        await auto.joinRoom("paused-room", "Auto")
+        seen = await self.frameWidth(auto, "Alice", f"s.frameWidth > 0 && s.frameWidth < {topWidth}",
+                                     "a small tile: a lower layer of Alice")
+        # the top layer stops: no frame encoded for 3 s
+        await alice.poll(
+            """([rid, wait]) => window.ahoy.publishStats().then(s => {
+                   var now = s.layers[rid] ? s.layers[rid].framesEncoded : 0;
+                   var seen = window.__topSeen;
+                   if (!seen || seen.frames !== now) {
+                       window.__topSeen = {frames: now, at: Date.now()}; return false; }
+                   return Date.now() - seen.at >= wait; })""",
+            "the top layer paused", timeout=MEDIA_WAIT, arg=[top, 3000])
+        aliceID = await alice.page.evaluate("window.ahoy.state.me.memberID")
+        await auto.page.evaluate(
+            """id => window.ahoy.receive({messageType: "MEDIA_event", event: "start_speaking",
+                                          member: {memberID: id, name: "Alice"}})""", aliceID)
+        high = await self.frameWidth(
+            auto, "Alice", f"s.frameWidth >= {topWidth} && s.serial === {seen['serial']}",
+            "the speaker: Alice's top layer again, on the same subscription")
+        self.assertEqual(high["serial"], seen["serial"])
