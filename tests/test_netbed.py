@@ -458,7 +458,8 @@ class NetBedTests(TestCase):
         then) at least 85 % of the frames the publisher encodes (the fake
         camera gives 20 frames/s, not 25) with no more than 1 s of freezes
         in all; the office gets the full size.  The limit is lifted: home A
-        climbs back to the full size within 15 s.
+        climbs back to the full size within 15 s.  An aiortc member (one
+        stream, no simulcast) then publishes: all three play it.
 
         Home A starts on the top layer (its estimate is not known yet): the
         router's queue (1 s) fills and the picture freezes until the low
@@ -560,6 +561,12 @@ class NetBedTests(TestCase):
         _figure("simulcast_limited_link", figures)
         self.assertLessEqual(figures["climb_seconds"], 15, figures)
         self.assertGreater(values.get('ahoy_simulcast_switches_total{direction="up"}', 0), 0)
+
+        # a publisher that sends one stream (aiortc) reaches all of them
+        robo = await self.aiortcPeer("homeA", "simulcast-room", "robo", "--publish")
+        await robo.waitFor("connected", timeout=MEDIA_WAIT)
+        for page in (slow, fast, publisher):
+            await page.assertVideoPlaying("robo")
 
     # -- the pulled cable ---------------------------------------------------
 
