@@ -42,7 +42,8 @@ from twisted.trial.unittest import TestCase
 from ahoyconference.config import IceSettings
 from ahoyconference.media.engine import AiortcMediaEngine
 from ahoyconference.media.forward import MAX_SOURCES, SOURCE_SWITCH_INTERVAL
-from ahoyconference.media.rtcp import NACK_BURST, NACK_FLOOR, NACK_SHARE, REMB_FLOOR
+from ahoyconference.media.nackbudget import NACK_BURST, NACK_FLOOR, NACK_SHARE
+from ahoyconference.media.rtcp import REMB_FLOOR
 from tests.helpers import Server, asyncTest, createAndJoin, join
 from tests.mediaclients import Publisher, Subscriber, waitFor
 from tests.reliability import ErrorCapture, guardDatagrams

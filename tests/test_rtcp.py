@@ -15,16 +15,15 @@ from twisted.trial.unittest import TestCase
 
 from ahoyconference.config import IceSettings
 from ahoyconference.media import ice
-from ahoyconference.media.peers import Publisher, Subscription, SubscriptionTable
-from ahoyconference.media.rtcp import (
+from ahoyconference.media.nackbudget import (
     NACK_BURST,
     NACK_FLOOR,
     NACK_REPEAT_WINDOW,
     NACK_SHARE,
-    REMB_FLOOR,
     RetransmitBudget,
-    RtcpPolicy,
 )
+from ahoyconference.media.peers import Publisher, Subscription, SubscriptionTable
+from ahoyconference.media.rtcp import REMB_FLOOR, RtcpPolicy
 from ahoyconference.media.simulcast import LOWER_LAYERS_KBPS
 
 

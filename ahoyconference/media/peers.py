@@ -200,7 +200,7 @@ class Subscription(Peer):
 
     @ivar outs: kind → L{OutStream}, once connected.
     @ivar remb: the subscriber's latest REMB in bit/s, and C{rembTime} when.
-    @ivar retransmitBudget: its L{ahoyconference.media.rtcp.RetransmitBudget},
+    @ivar retransmitBudget: its L{ahoyconference.media.nackbudget.RetransmitBudget},
         made at its first NACK.
     @ivar pair: C{(sendto, addr)} of the nominated ICE pair its outputs send
         on (the engine follows it when it moves: NAT rebinding).
