@@ -116,6 +116,16 @@ def output(quality: int = 2) -> tuple[OutStream, list[dict]]:
     return out, sent
 
 
+def attached(quality: int = 2) -> tuple[Clock, Publisher, OutStream, list[dict]]:
+    """A publisher that sent for a second, and an output just attached to it."""
+    clock = Clock()
+    pub = Publisher(clock)
+    pub.run(1)
+    out, sent = output(quality)
+    pub.main.attach(out)
+    return clock, pub, out, sent
+
+
 class PacketTests(TestCase):
     """Reading the RID extension and the VP8 payload descriptor."""
 
@@ -215,11 +225,7 @@ class SwitchTests(TestCase):
         lower layer; it goes up again only after the estimate fits for
         UP_DELAY; the stream stays continuous throughout.
         """
-        clock = Clock()
-        pub = Publisher(clock)
-        pub.run(1)
-        out, sent = output()
-        pub.main.attach(out)
+        clock, pub, out, sent = attached()
         pub.frame()
         pub.run(3)
         self.assertEqual(out.sim.layer.rid, "h")
@@ -252,11 +258,7 @@ class SwitchTests(TestCase):
 
     def test_quality(self):
         """An output that asked for "low" never gets more than the low layer."""
-        clock = Clock()
-        pub = Publisher(clock)
-        pub.run(1)
-        out, sent = output(quality=0)
-        pub.main.attach(out)
+        clock, pub, out, sent = attached(quality=0)
         pub.video.estimate(out, 10_000_000)
         pub.frame(keyframes=("l", "m", "h"))
         pub.run(10)
@@ -267,11 +269,7 @@ class SwitchTests(TestCase):
 
     def test_stoppedLayer(self):
         """A layer the publisher stops sending is left for the best live one."""
-        clock = Clock()
-        pub = Publisher(clock)
-        pub.run(1)
-        out, sent = output()
-        pub.main.attach(out)
+        clock, pub, out, sent = attached()
         pub.frame()
         pub.run(2)
         pub.run(2, rids=("l", "m"))  # h stopped (the publisher's uplink is short)
@@ -282,11 +280,7 @@ class SwitchTests(TestCase):
 
     def test_lossGoesDown(self):
         """A receiver report with much loss sends the output one layer down."""
-        clock = Clock()
-        pub = Publisher(clock)
-        pub.run(1)
-        out, sent = output()
-        pub.main.attach(out)
+        clock, pub, out, sent = attached()
         pub.frame()
         pub.run(2)
         pub.video.loss(out, 0.02)
@@ -296,11 +290,7 @@ class SwitchTests(TestCase):
 
     def test_nackAfterStepUp(self):
         """A NACK soon after a step up sends the output back down; later ones do not."""
-        clock = Clock()
-        pub = Publisher(clock)
-        pub.run(1)
-        out, sent = output(quality=1)
-        pub.main.attach(out)
+        clock, pub, out, sent = attached(quality=1)
         pub.run(3)
         self.assertEqual(out.sim.layer.rid, "m")
         pub.video.nacked(out)  # not right after a step up: nothing
@@ -312,11 +302,7 @@ class SwitchTests(TestCase):
 
     def test_nackBeforeSwitch(self):
         """NACKs for numbers sent from the former layer are not answered from the new one."""
-        clock = Clock()
-        pub = Publisher(clock)
-        pub.run(1)
-        out, sent = output()
-        pub.main.attach(out)
+        clock, pub, out, sent = attached()
         pub.frame()
         pub.run(2.5)
         pub.respond = False
@@ -333,11 +319,7 @@ class SwitchTests(TestCase):
 
     def test_detach(self):
         """A detached output gets nothing more, pending or not."""
-        clock = Clock()
-        pub = Publisher(clock)
-        pub.run(1)
-        out, sent = output()
-        pub.main.attach(out)
+        clock, pub, out, sent = attached()
         pub.frame()
         pub.main.detach(out)
         count = len(sent)
@@ -347,11 +329,7 @@ class SwitchTests(TestCase):
 
     def test_releaseKeepsNumbering(self):
         """Layers replaced (the publisher renegotiated): the output goes on where it stopped."""
-        clock = Clock()
-        pub = Publisher(clock)
-        pub.run(1)
-        out, sent = output()
-        pub.main.attach(out)
+        clock, pub, out, sent = attached()
         pub.frame()
         pub.run(1)
         second = Publisher(clock)
