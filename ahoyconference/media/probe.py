@@ -9,8 +9,9 @@ never shows that a link got better; something has to be tried.  Trying the
 next layer itself fills a slow link's queue with video that has to be
 thrown away, and the way back down waits for a keyframe of the lower
 layer behind it: the picture freezes.  Padding costs the picture nothing:
-if the link cannot carry it, the receiver's estimate falls (or it asks for
-lost packets) and the padding stops; the picture it was watching goes on.
+if the link cannot carry it, a queue grows (the round trip from its
+receiver reports), packets get lost or its estimate falls, and the padding
+stops; the picture it was watching goes on.
 
 What goes out is what browsers send to probe their own links: RTP packets
 on the subscriber's retransmission (RTX) stream whose payload is all

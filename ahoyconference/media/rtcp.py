@@ -9,7 +9,10 @@ RTCP policy of the media engine (docs/architecture.md, "RTCP").
    above its cap, never below L{REMB_FLOOR}, the lowest tenth ignored from
    five subscribers on (L{RtcpPolicy.bitrateFor}), with our receiver reports.
  - Sender reports to subscribers carry the publisher's clock mapped into
-   each subscriber's timestamps (L{RtcpPolicy.fillSenderReports}).
+   each subscriber's timestamps (L{RtcpPolicy.fillSenderReports}); their
+   send times give the round trip from its receiver reports, and while its
+   simulcast layers try its link it gets one every
+   L{PROBE_REPORT_INTERVAL} (L{RtcpPolicy._watchRoundTrips}).
  - NACKs from subscribers are answered from the stream's ring, within a
    budget per subscriber (L{ahoyconference.media.nackbudget.RetransmitBudget}):
    a share of what it receives plus a floor, and never the same packet twice

@@ -39,8 +39,8 @@ PROBE_RAMP = 1.5
 """Seconds over which a padding try grows to the next layer's bitrate (a
 slow link's queue grows slowly, and the receiver says so before it is long)."""
 PROBE_HOLD = 2.0
-"""Seconds a padding try must go on without a decrease of the estimate, a
-NACK, loss or a queue (L{PROBE_QUEUE}) before the subscriber goes up.  A
+"""Seconds a padding try must go on without a decrease of the estimate,
+loss (L{PROBE_LOSS}) or a queue (L{PROBE_QUEUE}) before the subscriber goes up.  A
 try that held goes on to the layer above, if there is one it may have,
 from there; the subscriber moves when the highest held (one switch, one
 keyframe)."""
@@ -230,12 +230,11 @@ class Selector:
             # a queue is growing: the link does not carry this layer
             self.betterSince = None
             return lower[0] if self.starting(now) else lower[-1]
-        if (self.queueing > STEP_QUEUE and self.lastUp > self.lastDown
+        if (lower and self.queueing > STEP_QUEUE and self.lastUp > self.lastDown
                 and now - self.lastUp <= PROBE_FAILED):
-            lower = [i for i in candidates if i < current]
-            if lower:  # the step up filled a queue: back
-                self.betterSince = None
-                return lower[-1]
+            # the step up filled a queue: back
+            self.betterSince = None
+            return lower[-1]
         above = [i for i in candidates if i > current]
         climbing = self.lastUp > max(self.lastDown, self.lastDecrease, self.probeFailedAt)
         if not canPad and best <= current and above and climbing \
@@ -304,7 +303,7 @@ class Selector:
 
     def probeFailed(self, now: float) -> int | None:
         """
-        The padding try failed (the estimate fell, a NACK, loss): stop it;
+        The padding try failed (the estimate fell, loss, a queue): stop it;
         the next waits longer (up to L{PADDED_PROBE_MAX}).
 
         @return: the layer an earlier step of the try held for (it may go
