@@ -476,24 +476,27 @@ class H264Tests(TestCase):
 class ProbeTests(TestCase):
     """A step up that the estimate does not cover yet is kept unless the estimate decreases."""
 
-    def test_keptWhileRising(self):
+    rates = [150_000, 450_000, 1_200_000]
+
+    def steppedUp(self) -> Selector:
+        """A selector just gone up to the middle layer on an estimate of 230 kbit/s."""
         sel = Selector(2)
         sel.since = -10
-        rates = [150_000, 450_000, 1_200_000]
         sel.layer = type("L", (), {"index": 1})()
         sel.setEstimate(230_000)
         sel.wentUp(0)
+        return sel
+
+    def test_keptWhileRising(self):
+        sel = self.steppedUp()
+        rates = self.rates
         for t, estimate in ((0.5, 240_000), (1.5, 260_000), (2.5, 280_000)):
             sel.setEstimate(estimate)
             self.assertEqual(sel.choose(t, rates, [True] * 3), 1)
 
     def test_leftOnDecrease(self):
-        sel = Selector(2)
-        sel.since = -10
-        rates = [150_000, 450_000, 1_200_000]
-        sel.layer = type("L", (), {"index": 1})()
-        sel.setEstimate(230_000)
-        sel.wentUp(0)
+        sel = self.steppedUp()
+        rates = self.rates
         sel.setEstimate(240_000)
         self.assertEqual(sel.choose(0.5, rates, [True] * 3), 1)
         sel.setEstimate(225_000)  # the receiver saw the delay grow

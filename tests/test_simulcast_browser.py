@@ -43,6 +43,22 @@ class SimulcastBrowserTests(BrowserTestCase):
                    s.name === name && s.framesDecoded > 0 && ({check})) || null)""",
             what, timeout=MEDIA_WAIT, arg=name)
 
+    async def creator(self, room: str):
+        """Alice's page (full-size camera) creates the room."""
+        alice = await self.newPage("alice", lowres="0")
+        await alice.page.fill("#join-name", "Alice")
+        await alice.page.fill("#create-id", room)
+        await alice.page.click("#create-submit")
+        await alice.waitFor("window.ahoy.state.screen === 'room'", "in the room")
+        return alice
+
+    async def startsSpeaking(self, alice, page) -> None:
+        """The server's MEDIA_event that Alice started speaking, handed to C{page}."""
+        aliceID = await alice.page.evaluate("window.ahoy.state.me.memberID")
+        await page.page.evaluate(
+            """id => window.ahoy.receive({messageType: "MEDIA_event", event: "start_speaking",
+                                          member: {memberID: id, name: "Alice"}})""", aliceID)
+
     @asyncTest
     async def test_lowAndHigh(self):
         """
@@ -52,11 +68,7 @@ class SimulcastBrowserTests(BrowserTestCase):
         stream whose decoding goes on; /metrics counts the simulcast
         publisher; an aiortc publisher (one stream) reaches both pages.
         """
-        alice = await self.newPage("alice", lowres="0")
-        await alice.page.fill("#join-name", "Alice")
-        await alice.page.fill("#create-id", "simulcast-room")
-        await alice.page.click("#create-submit")
-        await alice.waitFor("window.ahoy.state.screen === 'room'", "in the room")
+        alice = await self.creator("simulcast-room")
         low = await self.newPage("low", room="simulcast-room", quality="low")
         await low.joinRoom("simulcast-room", "Low")
         high = await self.newPage("high", room="simulcast-room", quality="high")
@@ -90,10 +102,7 @@ class SimulcastBrowserTests(BrowserTestCase):
         autoLow = await self.frameWidth(
             auto, "Alice", f"s.frameWidth > 0 && s.frameWidth <= {widths[0]}",
             "a small tile: Alice's low layer")
-        aliceID = await alice.page.evaluate("window.ahoy.state.me.memberID")
-        await auto.page.evaluate(
-            """id => window.ahoy.receive({messageType: "MEDIA_event", event: "start_speaking",
-                                          member: {memberID: id, name: "Alice"}})""", aliceID)
+        await self.startsSpeaking(alice, auto)
         autoHigh = await self.frameWidth(
             auto, "Alice", f"s.frameWidth >= {widths[2]} && s.serial === {autoLow['serial']}",
             "the speaker: Alice's high layer, on the same subscription")
@@ -134,11 +143,7 @@ class SimulcastBrowserTests(BrowserTestCase):
         (Alice speaks): the REMB goes back up, the top layer starts again,
         and the page decodes it on the same subscription.
         """
-        alice = await self.newPage("alice", lowres="0")
-        await alice.page.fill("#join-name", "Alice")
-        await alice.page.fill("#create-id", "paused-room")
-        await alice.page.click("#create-submit")
-        await alice.waitFor("window.ahoy.state.screen === 'room'", "in the room")
+        alice = await self.creator("paused-room")
         await alice.page.evaluate("window.ahoy.setSharing(false, true, 1500)")
         layers = await self.layersSent(alice, 3)
         top = max(layers, key=lambda rid: layers[rid]["frameWidth"])
@@ -156,10 +161,7 @@ class SimulcastBrowserTests(BrowserTestCase):
                        window.__topSeen = {frames: now, at: Date.now()}; return false; }
                    return Date.now() - seen.at >= wait; })""",
             "the top layer paused", timeout=MEDIA_WAIT, arg=[top, 3000])
-        aliceID = await alice.page.evaluate("window.ahoy.state.me.memberID")
-        await auto.page.evaluate(
-            """id => window.ahoy.receive({messageType: "MEDIA_event", event: "start_speaking",
-                                          member: {memberID: id, name: "Alice"}})""", aliceID)
+        await self.startsSpeaking(alice, auto)
         high = await self.frameWidth(
             auto, "Alice", f"s.frameWidth >= {topWidth} && s.serial === {seen['serial']}",
             "the speaker: Alice's top layer again, on the same subscription")
