@@ -100,6 +100,9 @@ class ServerProcess:
         environ = dict(os.environ)
         environ["PYTHONPATH"] = ROOT + (os.pathsep + environ["PYTHONPATH"]
                                         if environ.get("PYTHONPATH") else "")
+        # A server that hangs is killed with SIGABRT first: faulthandler then
+        # writes every thread's stack into its output (see L{_kill}).
+        environ["PYTHONFAULTHANDLER"] = "1"
         environ.update(env or {})
         endpoint = endpoint or f"tcp:{port}:interface=127.0.0.1"
         argv = ((command or twistdCommand()) + ["-n", "--pidfile=", *twistdArgs, "ahoyconference",
@@ -149,8 +152,24 @@ class ServerProcess:
             return ""
 
     def _failed(self, why: str) -> ServerFailed:
-        return ServerFailed(f"{' '.join(self.argv[:6])}...: {why}; its output ({self.logPath}):\n"
-                            f"{self.output()[-4000:]}")
+        text = f"{' '.join(self.argv[:6])}...: {why}; its output ({self.logPath}):\n{self.output()[-4000:]}"
+        twistdLog = self._twistdLog()
+        if twistdLog is not None:
+            try:
+                with open(twistdLog, errors="replace") as f:
+                    text += f"\nits log ({twistdLog}):\n{f.read()[-4000:]}"
+            except OSError:
+                pass
+        return ServerFailed(text)
+
+    def _twistdLog(self) -> str | None:
+        """The file named by twistd's C{-l}/C{--logfile}, if it was given one."""
+        for i, arg in enumerate(self.argv):
+            if arg in ("-l", "--logfile") and i + 1 < len(self.argv):
+                return self.argv[i + 1]
+            if arg.startswith("--logfile="):
+                return arg.split("=", 1)[1]
+        return None
 
     def _listening(self) -> bool:
         if self.returncode is not None:
@@ -261,6 +280,12 @@ class ServerProcess:
         return self.popen.wait(20)
 
     def _kill(self) -> None:
+        """SIGABRT (its stacks go to its output), then SIGKILL to its session."""
+        try:
+            os.kill(self.pid, signal.SIGABRT)
+            self.popen.wait(3)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
