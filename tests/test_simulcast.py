@@ -699,16 +699,48 @@ class PaddedTryTests(TestCase):
         self.assertEqual(sel.choose(1.5 + selector.DOWN_QUEUE_HOLD, self.rates, live,
                                     canPad=True), 0)
 
-    def test_queueAtStart(self):
-        """In its first START_WATCH seconds (it started on the top layer), a queue sends it to the lowest."""
+    def test_startsLow(self):
+        """
+        Its link unknown, a subscriber that takes padding starts on the
+        lowest layer and is tried up at once (no estimate needed); the
+        try that held takes it to the top.
+        """
         sel = Selector(2)
         live = [True] * 3
-        self.assertEqual(sel.choose(0, self.rates, live, canPad=True), 2)
+        self.assertEqual(sel.choose(0, self.rates, live, canPad=True), 0)
+        sel.layer = type("L", (), {"index": 0})()
+        self.assertEqual(sel.choose(0.1, self.rates, live, canPad=True), 0)
+        self.assertEqual(sel.probing, 1)
+        self.assertEqual(sel.choose(0.1 + selector.PROBE_HOLD, self.rates, live, canPad=True), 0)
+        self.assertEqual(sel.probing, 2)
+        self.assertEqual(sel.choose(0.2 + 2 * selector.PROBE_HOLD, self.rates, live,
+                                    canPad=True), 2)
+        self.assertEqual(sel.probes, Counter(held=1))
+
+    def test_startsLowUntilMeasured(self):
+        """No layer's bitrate measured yet: it waits on the lowest (a try needs a rate)."""
+        sel = Selector(2)
+        live = [True] * 3
+        self.assertEqual(sel.choose(0, [0, 0, 0], live, canPad=True), 0)
+        sel.layer = type("L", (), {"index": 0})()
+        self.assertEqual(sel.choose(0.5, [0, 0, 0], live, canPad=True), 0)
+        self.assertIsNone(sel.probing)
+        sel.choose(1, self.rates, live, canPad=True)
+        self.assertEqual(sel.probing, 1)
+
+    def test_queueAtStart(self):
+        """
+        Without padding a subscriber starts on the top layer; in its first
+        START_WATCH seconds a queue sends it to the lowest.
+        """
+        sel = Selector(2)
+        live = [True] * 3
+        self.assertEqual(sel.choose(0, self.rates, live), 2)
         sel.layer = type("L", (), {"index": 2})()
         sel.setRoundTrip(0.5, 0.010)
         sel.setRoundTrip(1.5, 0.010 + selector.DOWN_QUEUE + 0.05)
         self.assertTrue(sel.starting(1.5))
-        self.assertEqual(sel.choose(1.5, self.rates, live, canPad=True), 0)
+        self.assertEqual(sel.choose(1.5, self.rates, live), 0)
         self.assertFalse(sel.starting(selector.START_WATCH + 0.1))
 
     def test_roundTripWindow(self):
@@ -798,9 +830,16 @@ class PaddedLayerTests(TestCase):
                              lambda data, addr: self.sent.append(data), ("127.0.0.1", 1))
         self.out.sim = Selector(2)
         self.pub.main.attach(self.out)
-        self.pub.run(3)
+        self.pub.run(1)
+        # it starts on the low layer, tried up at once: the tries hold
         self.assertEqual(self.out.rtxPt, 121)
+        self.assertEqual(self.out.sim.layer.rid, "l")
+        self.assertEqual(self.out.sim.probing, 1)
+        self.pub.run(2 * selector.PROBE_HOLD + 4)  # the ticks are a second apart
         self.assertEqual(self.out.sim.layer.rid, "h")
+        self.assertEqual(self.pub.counters["simulcast_probes_held"], 1)
+        self.pub.run(selector.PROBE_FAILED + 1)  # the step up held
+        self.pub.counters.clear()
         rates = [layer.rate for layer in self.pub.video.layers]
         self.pub.video.estimate(self.out, rates[2] * 2)
         self.pub.video.estimate(self.out, rates[0] * 1.2)  # falls: down to l
@@ -817,7 +856,7 @@ class PaddedLayerTests(TestCase):
         Padding on the RTX SSRC, up to what the middle layer and then the
         top one need; both held: the top layer itself.
         """
-        self.pub.run(selector.PROBE_DELAY + 2.5)  # the ticks are a second apart
+        self.pub.run(selector.PROBE_DELAY + 1.5)  # the ticks are a second apart
         self.assertEqual(self.out.sim.probing, 1)
         self.assertEqual(self.out.sim.layer.rid, "l")
         self.pub.run(selector.PROBE_HOLD)
@@ -846,7 +885,7 @@ class PaddedLayerTests(TestCase):
         the padding stops at once, the layer stays.  A NACK alone does not
         (a packet lost now and then).
         """
-        self.pub.run(selector.PROBE_DELAY + 2.5)  # the ticks are a second apart
+        self.pub.run(selector.PROBE_DELAY + 1.5)  # the ticks are a second apart
         self.assertEqual(self.out.sim.probing, 1)
         self.pub.video.nacked(self.out)
         self.pub.video.received(self.out, 0, 5000)
@@ -861,7 +900,7 @@ class PaddedLayerTests(TestCase):
         self.assertEqual(self.pub.counters["simulcast_switches_up"], 0)
 
     def test_detachStopsPadding(self):
-        self.pub.run(selector.PROBE_DELAY + 2.5)  # the ticks are a second apart
+        self.pub.run(selector.PROBE_DELAY + 1.5)  # the ticks are a second apart
         self.pub.main.detach(self.out)
         self.assertEqual([layer.padded for layer in self.pub.video.layers], [[], [], []])
 

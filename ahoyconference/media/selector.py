@@ -64,8 +64,9 @@ DOWN_QUEUE_HOLD = 2.0
 the higher layer left takes a while to drain)."""
 START_WATCH = 5.0
 """Seconds after a subscriber gets its first layer during which its link is
-watched closely: it starts on the highest layer it may have, since its
-estimate is not known yet."""
+watched closely.  Its estimate is not known yet: one that takes padding
+starts on the lowest layer and is tried up at once; one that does not
+starts on the highest it may have."""
 PROBE_LOSS = 0.05
 """Share of packets lost since a padding try began (and at least
 L{PROBE_LOSS_PACKETS}) that ends it: the queue overflowed.  A packet lost
@@ -212,11 +213,19 @@ class Selector:
                 return target
             else:
                 return current
-        if self.estimate is None or now - self.since < ESTIMATE_GRACE:
+        unknown = self.estimate is None or now - self.since < ESTIMATE_GRACE
+        if unknown:
             best = candidates[-1]
         else:
             fits = [i for i in candidates if rates[i] * HEADROOM <= self.estimate]
             best = fits[-1] if fits else candidates[0]
+        if current is None and canPad:
+            # its link is not known yet: it starts on the lowest layer and is
+            # tried up with padding at once (a freeze behind a slow link
+            # otherwise, while the top layer's queue drains)
+            self.tryNow = True
+            self.betterSince = None
+            return candidates[0]
         falling = self.estimate is not None and (
             self.estimate < FALLING * self.peak
             or (self.lastDecrease >= self.lastUp and self.lastDecrease > self.probeFailedAt
@@ -245,12 +254,18 @@ class Selector:
             return above[0]
         if best < current and not canPad:
             return current
+        if unknown and canPad:
+            best = min(best, current)  # the padding tries find out
         if best <= current:
             # the estimate is held down by what we send: try one up, now and
             # then (with padding whatever the estimate: after a congestion it
             # climbs back a few per cent a second, and the try is safe)
-            if above and self.estimate is not None and rates[current] > 0 and (
-                    canPad or self.estimate >= UNCONSTRAINED * rates[current]):
+            if canPad:  # a try with padding needs the layer it pads on
+                mayTry = self.target is None
+            else:
+                mayTry = (self.estimate is not None
+                          and self.estimate >= UNCONSTRAINED * rates[current])
+            if above and rates[current] > 0 and mayTry:
                 if self.tryNow or (self.betterSince is not None
                                    and now - self.betterSince >= self.probeDelay):
                     self.betterSince = None

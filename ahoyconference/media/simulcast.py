@@ -87,6 +87,18 @@ RATE_SMOOTHING = 0.5
 
 # -- a layer -------------------------------------------------------------------
 
+def _takesPadding(out: OutStream) -> bool:
+    """
+    Whether an output takes padding on its RTX stream: it negotiated RTX
+    for the codec it is fed, or (not fed yet: its first choice) for any.
+    """
+    if out.rtxSsrc is None:
+        return False
+    if out.pt >= 0:
+        return out.rtxPt is not None
+    return bool(out.rtxByPt)
+
+
 class LayerStream(InStream):
     """
     One layer of a simulcast publisher's video: an L{InStream} (receive
@@ -523,7 +535,7 @@ class SimulcastVideo:
         rates = [layer.rate for layer in self.layers]
         live = [layer.isLive(now) for layer in self.layers]
         probing = sel.probing
-        wanted = sel.choose(now, rates, live, out.rtxPt is not None and out.rtxSsrc is not None)
+        wanted = sel.choose(now, rates, live, _takesPadding(out))
         if probing is not None and sel.probing is None:
             outcome = "failed" if wanted is None or wanted <= sel.index else "held"
             self.counters[f"simulcast_probes_{outcome}"] += 1
