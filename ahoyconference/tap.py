@@ -135,7 +135,16 @@ def installAsyncioReactor():
 class _ReloadOnHangup(MultiService):
     """
     The top service: re-reads the configuration on SIGHUP (C{systemctl
-    reload}) and makes an orderly SIGTERM exit with status 0.
+    reload}) and makes an orderly SIGTERM (or SIGINT) exit with status 0.
+
+    Its signal handlers do nothing but wake the reactor
+    (C{callFromThread}); the rest runs in the reactor.  The reactor's own
+    SIGTERM and SIGINT handlers log from inside the handler: a signal that
+    arrives while a log line is being written to twistd's C{-l} file then
+    waits forever for the file's lock, which the interrupted write holds
+    (found by C{tests.test_tap}: twistd did not stop on SIGTERM, its
+    stacks ended in C{LogFile.write} twice).  So they are replaced, once
+    the reactor has installed them.
     """
 
     def __init__(self, service, path, reactor):
@@ -144,6 +153,7 @@ class _ReloadOnHangup(MultiService):
         self.path = path
         self.reactor = reactor
         self._previous = None
+        self._replaced: dict = {}
 
     def startService(self):
         import signal
@@ -151,6 +161,32 @@ class _ReloadOnHangup(MultiService):
         super().startService()
         self._previous = signal.signal(
             signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        self.reactor.callWhenRunning(self._replaceStopHandlers)
+
+    def _replaceStopHandlers(self):
+        """Put ours in place of the reactor's SIGTERM and SIGINT handlers (only those)."""
+        import signal
+
+        for signum, theirs in ((signal.SIGTERM, getattr(self.reactor, "sigTerm", None)),
+                               (signal.SIGINT, getattr(self.reactor, "sigInt", None))):
+            if theirs is not None and signal.getsignal(signum) == theirs:
+                self._replaced[signum] = signal.signal(signum, self._stopSignal)
+
+    def _stopSignal(self, signum, frame):
+        # In the signal handler: nothing that takes a lock (no logging).
+        self.reactor.callFromThread(self._stopOnSignal, signum)
+
+    def _stopOnSignal(self, signum):
+        """In the reactor: log the signal and stop (once)."""
+        import signal
+
+        from twisted.internet.error import ReactorNotRunning
+
+        _log.info("Received {name}, shutting down.", name=signal.Signals(signum).name)
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass  # a second signal while stopping
 
     def stopService(self):
         import signal
@@ -158,6 +194,9 @@ class _ReloadOnHangup(MultiService):
         if self._previous is not None:
             signal.signal(signal.SIGHUP, self._previous)
             self._previous = None
+        for signum, theirs in self._replaced.items():
+            signal.signal(signum, theirs)
+        self._replaced.clear()
         # twistd re-raises SIGTERM/SIGINT after a clean shutdown so that the
         # process dies of it; an orderly stop of ours should exit 0 instead
         # (tests.test_tap.ShutdownTests fails if this private hook moves).

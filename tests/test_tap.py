@@ -154,6 +154,87 @@ class ShutdownTests(unittest.TestCase):
                 await c.close()
 
 
+class _StoppingReactor:
+    """What L{_ReloadOnHangup} uses of a reactor: calls recorded, not run."""
+
+    def __init__(self):
+        self.fromThread: list = []
+        self.stops = 0
+
+    def sigTerm(self, *args):
+        """The reactor's own handler (it logs inside the signal handler)."""
+
+    def sigInt(self, *args):
+        """The reactor's own handler."""
+
+    def callWhenRunning(self, f, *args):
+        f(*args)
+
+    def callFromThread(self, f, *args):
+        self.fromThread.append((f, args))
+
+    def stop(self):
+        from twisted.internet.error import ReactorNotRunning
+
+        self.stops += 1
+        if self.stops > 1:
+            raise ReactorNotRunning()
+
+
+class StopSignalTests(unittest.TestCase):
+    """
+    SIGTERM and SIGINT handlers that take no lock: the reactor's own log
+    from inside the handler and could wait forever for twistd's log file.
+    """
+
+    def test_handlerOnlyWakesTheReactor(self):
+        from twisted.logger import globalLogPublisher
+
+        reactor = _StoppingReactor()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+        signal.signal(signal.SIGTERM, reactor.sigTerm)
+        signal.signal(signal.SIGINT, reactor.sigInt)
+        top = tap._ReloadOnHangup(None, None, reactor)
+        top.startService()
+        handler = signal.getsignal(signal.SIGTERM)
+        self.assertEqual(handler, top._stopSignal)
+        self.assertEqual(signal.getsignal(signal.SIGINT), top._stopSignal)
+
+        events: list = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        handler(signal.SIGTERM, None)
+        handler(signal.SIGTERM, None)  # a second one while stopping
+        self.assertEqual(events, [])  # nothing logged inside the handler
+        self.assertEqual(reactor.stops, 0)
+        for f, args in reactor.fromThread:
+            f(*args)
+        self.assertEqual(reactor.stops, 2)
+        said = [e["log_format"].format(**e) for e in events if "log_format" in e]
+        self.assertEqual(said.count("Received SIGTERM, shutting down."), 2)
+
+        top.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGTERM), reactor.sigTerm)
+        self.assertEqual(signal.getsignal(signal.SIGINT), reactor.sigInt)
+
+    def test_othersLeftAlone(self):
+        """Handlers that are not the reactor's (a debugger's SIGINT) stay."""
+        reactor = _StoppingReactor()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+
+        def mine(*args):
+            pass
+
+        signal.signal(signal.SIGTERM, reactor.sigTerm)
+        signal.signal(signal.SIGINT, mine)
+        top = tap._ReloadOnHangup(None, None, reactor)
+        top.startService()
+        self.assertEqual(signal.getsignal(signal.SIGINT), mine)
+        top.stopService()
+
+
 class ReloadTests(unittest.TestCase):
     """SIGHUP re-reads rooms and limits without dropping anyone."""
 
