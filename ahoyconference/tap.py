@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 import sys
 
 from twisted.application import strports
@@ -144,7 +145,9 @@ class _ReloadOnHangup(MultiService):
     waits forever for the file's lock, which the interrupted write holds
     (found by C{tests.test_tap}: twistd did not stop on SIGTERM, its
     stacks ended in C{LogFile.write} twice).  So they are replaced, once
-    the reactor has installed them.
+    the reactor has installed them.  Ours stop the reactor without setting
+    its exit signal, so twistd exits 0 rather than dying of the signal
+    again (C{tests.test_tap.ShutdownTests}).
     """
 
     def __init__(self, service, path, reactor):
@@ -156,8 +159,6 @@ class _ReloadOnHangup(MultiService):
         self._replaced: dict = {}
 
     def startService(self):
-        import signal
-
         super().startService()
         self._previous = signal.signal(
             signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
@@ -165,8 +166,6 @@ class _ReloadOnHangup(MultiService):
 
     def _replaceStopHandlers(self):
         """Put ours in place of the reactor's SIGTERM and SIGINT handlers (only those)."""
-        import signal
-
         for signum, theirs in ((signal.SIGTERM, getattr(self.reactor, "sigTerm", None)),
                                (signal.SIGINT, getattr(self.reactor, "sigInt", None))):
             if theirs is not None and signal.getsignal(signum) == theirs:
@@ -178,8 +177,6 @@ class _ReloadOnHangup(MultiService):
 
     def _stopOnSignal(self, signum):
         """In the reactor: log the signal and stop (once)."""
-        import signal
-
         from twisted.internet.error import ReactorNotRunning
 
         _log.info("Received {name}, shutting down.", name=signal.Signals(signum).name)
@@ -189,19 +186,12 @@ class _ReloadOnHangup(MultiService):
             pass  # a second signal while stopping
 
     def stopService(self):
-        import signal
-
         if self._previous is not None:
             signal.signal(signal.SIGHUP, self._previous)
             self._previous = None
         for signum, theirs in self._replaced.items():
             signal.signal(signum, theirs)
         self._replaced.clear()
-        # twistd re-raises SIGTERM/SIGINT after a clean shutdown so that the
-        # process dies of it; an orderly stop of ours should exit 0 instead
-        # (tests.test_tap.ShutdownTests fails if this private hook moves).
-        if getattr(self.reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
-            self.reactor._exitSignal = None
         return super().stopService()
 
     def reload(self):

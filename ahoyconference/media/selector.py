@@ -8,6 +8,10 @@ better).  A subscriber that takes retransmissions is tried with padding at
 the next layer's bitrate first (L{ahoyconference.media.probe}), and moved
 up only when its link carried it; one that does not is tried with the
 layer itself.  Pure logic: time is passed in.
+
+Over 400 lines on purpose: one job (one subscriber's choice), and each
+of its rules is a constant whose docstring gives the reason; split, the
+rules would be read apart from the choice they shape.
 """
 
 from __future__ import annotations
